@@ -1,0 +1,26 @@
+import { MAX_EXPORT_IDS } from "../graph/mailboxApi";
+import type { ExportItemRef } from "../export/exportBatch";
+
+/**
+ * Groups items into exportItems calls: at most 20 ids a call, and at most `maxBytes` of listed item
+ * size, so that one response stays within what an activity should stream in one go. An item larger
+ * than the budget goes alone. Order is kept, so a plan is the same every time it is made.
+ */
+export function planBatches(items: readonly ExportItemRef[], maxBytes: number, maxItems = MAX_EXPORT_IDS): ExportItemRef[][] {
+  if (!(maxItems >= 1 && maxItems <= MAX_EXPORT_IDS)) throw new Error(`maxItems must be 1..${MAX_EXPORT_IDS}`);
+  const batches: ExportItemRef[][] = [];
+  let current: ExportItemRef[] = [];
+  let bytes = 0;
+  for (const item of items) {
+    const size = Math.max(0, item.size ?? 0);
+    if (current.length > 0 && (current.length >= maxItems || bytes + size > maxBytes)) {
+      batches.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(item);
+    bytes += size;
+  }
+  if (current.length) batches.push(current);
+  return batches;
+}

@@ -1,0 +1,199 @@
+import type { Readable } from "node:stream";
+import { GraphError, InvalidInputError } from "../errors";
+import type { GraphClient, OpenResponse } from "./graphClient";
+
+/**
+ * The Graph mailbox import/export surface mailvault uses (primary and shared mailboxes):
+ * `/users/{id}/settings/exchange`, `/admin/exchange/mailboxes/{id}/folders…`, item listing and delta,
+ * and `exportItems`. Shapes follow research/graph-api.md §1–4.
+ */
+
+export const MAX_EXPORT_IDS = 20;
+
+export interface MailboxFolder {
+  id: string;
+  displayName: string;
+  parentFolderId?: string;
+  childFolderCount?: number;
+  totalItemCount?: number;
+  type?: string;
+  wellKnownName?: string | null;
+}
+
+export interface MailboxItemInfo {
+  id: string;
+  changeKey?: string;
+  size?: number;
+  type?: string;
+  createdDateTime?: string;
+  lastModifiedDateTime?: string;
+}
+
+export interface DeltaPage {
+  /** New or changed items. */
+  items: MailboxItemInfo[];
+  /** Ids reported as removed from the folder (deleted or moved away). */
+  removed: string[];
+  /** Set while the round goes on: call it for the next page. */
+  nextLink?: string;
+  /** Set on the last page of a round: store it and call it next time for the changes since. */
+  deltaLink?: string;
+}
+
+export interface ResolvedMailbox {
+  /** The `MBX:` id the mailbox APIs take. */
+  mailboxId: string;
+  /** What the caller gave (UPN, user id or MBX id). */
+  requested: string;
+}
+
+interface Page<T> {
+  value?: T[];
+  "@odata.nextLink"?: string;
+  "@odata.deltaLink"?: string;
+}
+
+const MAILBOX_ARG = /^[^\s/\\?#%\x00-\x1f]{1,320}$/;
+
+/** Validates a mailbox argument (UPN, user id or `MBX:` id) before it goes into a URL path. */
+export function validateMailboxArg(value: unknown): string {
+  if (typeof value !== "string" || !MAILBOX_ARG.test(value) || value === "." || value === "..") {
+    throw new InvalidInputError(
+      `mailbox must be a UPN, user id or MBX: id (1-320 characters, no spaces, slashes, '?', '#' or '%'), got ${JSON.stringify(value)?.slice(0, 80)}`,
+      "InvalidMailbox",
+    );
+  }
+  return value;
+}
+
+/** Validates the ids of one exportItems call: 1 to 20 non-empty strings. */
+export function validateExportIds(itemIds: unknown): string[] {
+  if (!Array.isArray(itemIds)) throw new InvalidInputError("itemIds must be an array of item id strings", "InvalidItemIds");
+  if (itemIds.length === 0) throw new InvalidInputError("itemIds is empty: exportItems takes 1 to 20 ids", "InvalidItemIds");
+  if (itemIds.length > MAX_EXPORT_IDS) {
+    throw new InvalidInputError(`itemIds has ${itemIds.length} ids: exportItems takes at most ${MAX_EXPORT_IDS}`, "TooManyItemIds");
+  }
+  itemIds.forEach((id, i) => {
+    if (typeof id !== "string" || id.length === 0 || id.length > 1024 || /[\x00-\x1f]/.test(id)) {
+      throw new InvalidInputError(`itemIds[${i}] is not a valid item id (a non-empty string of at most 1024 characters)`, "InvalidItemIds");
+    }
+  });
+  return itemIds as string[];
+}
+
+export class MailboxApi {
+  constructor(readonly graph: GraphClient) {}
+
+  /** UPN or user id -> `MBX:` id through `/users/{id}/settings/exchange`; an `MBX:` id is taken as it is. */
+  async resolveMailbox(idOrUpn: string, signal?: AbortSignal): Promise<ResolvedMailbox> {
+    validateMailboxArg(idOrUpn);
+    if (/^MBX:/i.test(idOrUpn)) return { mailboxId: idOrUpn, requested: idOrUpn };
+    try {
+      const s = await this.graph.json<{ primaryMailboxId?: unknown }>({
+        method: "GET",
+        url: `/users/${encodeURIComponent(idOrUpn)}/settings/exchange`,
+        signal,
+      });
+      if (typeof s?.primaryMailboxId !== "string" || !s.primaryMailboxId) {
+        throw new GraphError(200, "NoMailbox", `user ${idOrUpn} has no Exchange mailbox`);
+      }
+      return { mailboxId: s.primaryMailboxId, requested: idOrUpn };
+    } catch (e) {
+      if (e instanceof GraphError && e.status === 404) {
+        throw new GraphError(404, "MailboxNotFound", `no user or mailbox ${idOrUpn} in this tenant`, { requestId: e.requestId });
+      }
+      throw e;
+    }
+  }
+
+  /** One page of a folder's child folders (`msgfolderroot` for the top level). */
+  async childFoldersPage(mailboxId: string, parentFolderId: string, link?: string, signal?: AbortSignal): Promise<Page<MailboxFolder>> {
+    const url = link ?? `${this.mailboxPath(mailboxId)}/folders/${encodeURIComponent(parentFolderId)}/childFolders?$top=100`;
+    return this.graph.json<Page<MailboxFolder>>({ method: "GET", url, mailboxId, signal });
+  }
+
+  /** Every folder of the mailbox, walking child folders breadth first from the root. */
+  async *walkFolders(mailboxId: string, signal?: AbortSignal): AsyncGenerator<MailboxFolder> {
+    const queue = ["msgfolderroot"];
+    const seen = new Set<string>();
+    while (queue.length) {
+      const parent = queue.shift() as string;
+      let link: string | undefined;
+      do {
+        const page = await this.childFoldersPage(mailboxId, parent, link, signal);
+        for (const f of page.value ?? []) {
+          if (!isFolder(f) || seen.has(f.id)) continue;
+          seen.add(f.id);
+          yield f;
+          if (f.childFolderCount === undefined || f.childFolderCount > 0) queue.push(f.id);
+        }
+        link = page["@odata.nextLink"];
+      } while (link);
+    }
+  }
+
+  /**
+   * One page of a folder's item delta. With no link it starts a full round; with the stored
+   * deltaLink it returns the changes since; with a nextLink it continues the round.
+   */
+  async itemsDeltaPage(mailboxId: string, folderId: string, link?: string, options?: { pageSize?: number; signal?: AbortSignal }): Promise<DeltaPage> {
+    const pageSize = options?.pageSize ?? 500;
+    const url =
+      link ??
+      `${this.mailboxPath(mailboxId)}/folders/${encodeURIComponent(folderId)}/items/delta?$select=id,changeKey,size,type,createdDateTime,lastModifiedDateTime`;
+    const page = await this.graph.json<Page<Record<string, unknown>>>({
+      method: "GET",
+      url,
+      mailboxId,
+      headers: { Prefer: `odata.maxpagesize=${pageSize}` },
+      signal: options?.signal,
+    });
+    const items: MailboxItemInfo[] = [];
+    const removed: string[] = [];
+    for (const v of page.value ?? []) {
+      if (typeof v.id !== "string") continue;
+      if (v["@removed"] !== undefined) removed.push(v.id);
+      else items.push(toItemInfo(v));
+    }
+    if (!page["@odata.nextLink"] && !page["@odata.deltaLink"]) {
+      throw new GraphError(200, "DeltaWithoutLink", "an item delta page carried neither a nextLink nor a deltaLink");
+    }
+    return { items, removed, nextLink: page["@odata.nextLink"], deltaLink: page["@odata.deltaLink"] };
+  }
+
+  /**
+   * Calls exportItems once and hands the streamed JSON response to `consume`. Ids are validated
+   * first (1 to 20 non-empty strings); the mailbox's in-flight slot is held while `consume` reads.
+   */
+  async exportItems<T>(mailboxId: string, itemIds: readonly string[], consume: (body: Readable, res: OpenResponse) => Promise<T>, signal?: AbortSignal): Promise<T> {
+    const ids = validateExportIds(itemIds);
+    return this.graph.stream(
+      { method: "POST", url: `${this.mailboxPath(mailboxId)}/exportItems`, mailboxId, body: { itemIds: ids }, signal },
+      (res) => consume(res.body, res),
+    );
+  }
+
+  private mailboxPath(mailboxId: string): string {
+    validateMailboxArg(mailboxId);
+    return `/admin/exchange/mailboxes/${encodeURIComponent(mailboxId)}`;
+  }
+}
+
+function isFolder(f: unknown): f is MailboxFolder {
+  return typeof f === "object" && f !== null && typeof (f as MailboxFolder).id === "string";
+}
+
+function toItemInfo(v: Record<string, unknown>): MailboxItemInfo {
+  const str = (k: string) => (typeof v[k] === "string" ? (v[k] as string) : undefined);
+  let changeKey = str("changeKey");
+  const etag = str("@odata.etag");
+  if (!changeKey && etag) changeKey = etag.replace(/^W\/"(.*)"$/, "$1");
+  return {
+    id: v.id as string,
+    changeKey,
+    size: typeof v.size === "number" ? v.size : undefined,
+    type: str("type"),
+    createdDateTime: str("createdDateTime"),
+    lastModifiedDateTime: str("lastModifiedDateTime"),
+  };
+}

@@ -1,0 +1,77 @@
+import type { TokenCredential } from "@azure/identity";
+import { type Env, intSetting, setting } from "./config";
+import { GraphClient, StaticTokenCredential } from "./graph/graphClient";
+import { MailboxApi } from "./graph/mailboxApi";
+import { type Logger, silentLogger } from "./log";
+import type { ItemStore } from "./store/itemStore";
+import { openStore } from "./store/openStore";
+
+/**
+ * What the backup and restore code needs from the outside world, built once per process from the
+ * settings. The Functions app builds it from app settings on first use; the CLI, the demo and the
+ * tests build it themselves (for example with a store chosen by `--store`) and install it.
+ */
+export interface Services {
+  mailbox: MailboxApi;
+  store: ItemStore;
+  logger: Logger;
+  limits: {
+    /** Graph requests, and export activities, in flight per mailbox. */
+    maxRequestsPerMailbox: number;
+    /** Byte budget of one exportItems call (listed sizes). */
+    batchMaxBytes: number;
+  };
+}
+
+export interface ServiceOverrides {
+  store?: ItemStore;
+  credential?: TokenCredential;
+  logger?: Logger;
+  onGraphRetry?: ConstructorParameters<typeof GraphClient>[0]["onRetry"];
+}
+
+/** A Graph credential from the settings: a static token when GRAPH_ACCESS_TOKEN is set, else DefaultAzureCredential. */
+export function graphCredential(env: Env): TokenCredential {
+  const token = setting(env, "GRAPH_ACCESS_TOKEN");
+  if (token) return new StaticTokenCredential(token);
+  // Loaded lazily: @azure/identity is large and the static-token path (CLI, tests) does not need it.
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const { DefaultAzureCredential } = require("@azure/identity") as typeof import("@azure/identity");
+  const clientId = setting(env, "AZURE_CLIENT_ID");
+  return new DefaultAzureCredential(clientId ? { managedIdentityClientId: clientId } : {});
+}
+
+export function createServices(env: Env, overrides: ServiceOverrides = {}): Services {
+  const logger = overrides.logger ?? silentLogger;
+  const maxRequestsPerMailbox = intSetting(env, "MAILVAULT_MAX_REQUESTS_PER_MAILBOX", 1, 16);
+  const graph = new GraphClient({
+    endpoint: setting(env, "GRAPH_ENDPOINT") as string,
+    apiVersion: setting(env, "GRAPH_API_VERSION") as string,
+    credential: overrides.credential ?? graphCredential(env),
+    maxRequestsPerMailbox,
+    logger,
+    onRetry: overrides.onGraphRetry,
+  });
+  return {
+    mailbox: new MailboxApi(graph),
+    store: overrides.store ?? openStore(setting(env, "MAILVAULT_STORE") as string, env),
+    logger,
+    limits: {
+      maxRequestsPerMailbox,
+      batchMaxBytes: intSetting(env, "MAILVAULT_BATCH_MAX_BYTES", 1024 * 1024, 4 * 1024 * 1024 * 1024),
+    },
+  };
+}
+
+let installed: Services | undefined;
+
+/** The services of this process: the installed ones, else built from process.env on first use. */
+export function getServices(): Services {
+  installed ??= createServices(process.env);
+  return installed;
+}
+
+/** Installs the services this process uses (CLI, demo, tests). */
+export function setServices(services: Services | undefined): void {
+  installed = services;
+}
