@@ -66,6 +66,10 @@ class TokenReader {
       const msg = e instanceof Error ? e.message : String(e);
       // stream-json reports syntax errors as "Parser cannot parse input: ..."; anything else is the transport.
       if (/parse|expected/i.test(msg) && !/terminated|ECONNRESET|socket/i.test(msg)) {
+        if (/^Parser has expected/.test(msg)) {
+          // stream-json's wording when the input stopped mid-value, as opposed to a syntax error.
+          throw new ProtocolError("TruncatedResponse", "the export response ended before its JSON was complete", { retryable: true, cause: e });
+        }
         throw new ProtocolError("MalformedJson", `the export response is not valid JSON: ${msg.slice(0, 200)}`, { retryable: true, cause: e });
       }
       throw new ProtocolError("ResponseInterrupted", `the export response was interrupted: ${msg.slice(0, 200)}`, { retryable: true, cause: e });

@@ -98,21 +98,36 @@ export class GraphClient {
     this.log = options.logger ?? silentLogger;
   }
 
-  /** GET/POST returning parsed JSON (small bodies only). */
+  /** GET/POST returning parsed JSON (small bodies only). A GET whose body breaks off is sent again. */
   async json<T>(req: GraphRequest): Promise<T> {
-    return this.stream(req, async (res) => {
-      const text = await readAll(res.body, 32 * 1024 * 1024);
-      if (!text) return undefined as T;
+    const maxRetries = this.options.maxRetries ?? 8;
+    for (let attempt = 0; ; attempt++) {
       try {
-        return JSON.parse(text) as T;
-      } catch (e) {
-        throw new GraphError(res.status, "InvalidJson", `Graph returned a body that is not JSON for ${req.method} ${describeUrl(req.url)}`, {
-          requestId: res.requestId,
-          retryable: true,
-          cause: e,
+        return await this.stream(req, async (res) => {
+          let text: string;
+          try {
+            text = await readAll(res.body, 32 * 1024 * 1024);
+          } catch (e) {
+            if (e instanceof GraphError) throw e;
+            throw new GraphError(0, "ResponseInterrupted", `${req.method} ${describeUrl(req.url)}: the response broke off: ${networkReason(e)}`, { retryable: true, cause: e });
+          }
+          if (!text) return undefined as T;
+          try {
+            return JSON.parse(text) as T;
+          } catch (e) {
+            throw new GraphError(res.status, "InvalidJson", `Graph returned a body that is not JSON for ${req.method} ${describeUrl(req.url)}`, {
+              requestId: res.requestId,
+              retryable: true,
+              cause: e,
+            });
+          }
         });
+      } catch (e) {
+        const again = req.method === "GET" && e instanceof GraphError && (e.code === "ResponseInterrupted" || e.code === "InvalidJson") && attempt < maxRetries;
+        if (!again || req.signal?.aborted) throw e;
+        await this.backoff("network", attempt, undefined, req);
       }
-    });
+    }
   }
 
   /**

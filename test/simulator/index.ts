@@ -1,0 +1,305 @@
+/**
+ * ExchangeSimulator: a real HTTP server on 127.0.0.1 speaking the Microsoft Graph mailbox
+ * import/export JSON shapes (users, exchange settings, folders, items, delta, exportItems), with
+ * per-mailbox concurrency limits, latency, fault injection and stats. Item bytes are generated
+ * deterministically from (mailboxId, itemId, changeKey) and never stored.
+ *
+ * Point the product at it with GRAPH_ENDPOINT=sim.url, GRAPH_API_VERSION=v1.0 (or beta) and the
+ * bearer token sim.token (see `sim.env()`).
+ */
+import { createServer, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { randomBytes } from "node:crypto";
+import { CONTENT_CHUNK, contentChunks, contentSha256, type ContentKey } from "./content";
+import { FaultPlan } from "./faults";
+import { GraphHandler, type GraphConfig } from "./graph";
+import { SimModel, type MailboxState, type SimFolder, type SimItem, type SimMailbox, type SimUser } from "./model";
+import { derivedGuid } from "./prng";
+import { SimStats, type RouteName } from "./stats";
+
+export { FaultPlan } from "./faults";
+export type { ActiveFault, FaultFiring, FaultKind, FaultMatch, FaultRoute, FaultRule } from "./faults";
+export { SimStats } from "./stats";
+export type { RouteName } from "./stats";
+export type { SimFolder, SimItem, SimMailbox, SimUser, WellKnownName } from "./model";
+export { WELL_KNOWN_FOLDERS } from "./model";
+export { contentChunks, contentSha256, CONTENT_CHUNK } from "./content";
+export type { ContentKey } from "./content";
+export type { GraphConfig } from "./graph";
+
+export interface SimulatorOptions {
+  /** Bearer token to accept (default: a random one). */
+  token?: string;
+  /** Tenant GUID used in mailbox ids (default: derived from `seed`). */
+  tenantId?: string;
+  /** Seed for the tenant id and the fault PRNG. Default 1. */
+  seed?: number;
+  /** Port on 127.0.0.1 (default 0: a free port). */
+  port?: number;
+  /** Requests in flight per mailbox before 429 ApplicationThrottled. Default 4. */
+  maxConcurrentPerMailbox?: number;
+  /** `Retry-After` seconds of concurrency 429s. Default 1. */
+  concurrencyRetryAfterSeconds?: number;
+  /** Latency added before each admitted response starts (ms, or per route). Default 0. */
+  latencyMs?: number | ((route: RouteName) => number);
+  /** Pace every response body to this many bytes/second. Default: unpaced. */
+  bytesPerSecond?: number;
+  /** Largest exportItems request body (default 1 MiB; larger: 413). */
+  maxRequestBodyBytes?: number;
+  /** Most ids per exportItems call (default 20). */
+  maxExportItems?: number;
+  /** Handler errors (simulator bugs) go here; default console.error. */
+  onError?: (err: unknown) => void;
+}
+
+export class ExchangeSimulator {
+  /** `http://127.0.0.1:PORT` (no trailing slash). */
+  readonly url: string;
+  /** The bearer token the simulator accepts. */
+  readonly token: string;
+  /** Fault rules; add with `sim.faults.add({...})`. */
+  readonly faults: FaultPlan;
+  /** Counters; reset with `resetStats()`. */
+  readonly stats: SimStats;
+  /** Live settings (latency, concurrency, pacing...): may be changed between requests. */
+  readonly config: GraphConfig;
+  /** The tenant GUID in every `MBX:<mailbox>@<tenant>` id. */
+  readonly tenantId: string;
+
+  private readonly model: SimModel;
+  private readonly graph: GraphHandler;
+  private readonly shaCache = new Map<string, string>();
+
+  private constructor(
+    private readonly server: Server,
+    parts: { url: string; model: SimModel; faults: FaultPlan; stats: SimStats; config: GraphConfig; graph: GraphHandler },
+  ) {
+    this.url = parts.url;
+    this.token = parts.config.token;
+    this.model = parts.model;
+    this.tenantId = parts.model.tenantId;
+    this.faults = parts.faults;
+    this.stats = parts.stats;
+    this.config = parts.config;
+    this.graph = parts.graph;
+  }
+
+  /** Starts a simulator listening on 127.0.0.1. */
+  static async start(options: SimulatorOptions = {}): Promise<ExchangeSimulator> {
+    const seed = options.seed ?? 1;
+    const model = new SimModel(options.tenantId ?? derivedGuid("tenant", seed));
+    const faults = new FaultPlan(seed);
+    const stats = new SimStats();
+    faults.onFire = (f) => {
+      stats.faultsFired[f.kind] = (stats.faultsFired[f.kind] ?? 0) + 1;
+    };
+    const config: GraphConfig = {
+      token: options.token ?? randomBytes(24).toString("base64url"),
+      maxConcurrentPerMailbox: options.maxConcurrentPerMailbox ?? 4,
+      concurrencyRetryAfterSeconds: options.concurrencyRetryAfterSeconds ?? 1,
+      latencyMs: options.latencyMs ?? 0,
+      bytesPerSecond: options.bytesPerSecond,
+      maxRequestBodyBytes: options.maxRequestBodyBytes ?? 1024 * 1024,
+      maxExportItems: options.maxExportItems ?? 20,
+      onError: options.onError ?? ((err) => console.error("ExchangeSimulator:", err)),
+    };
+    let url = "";
+    const graph = new GraphHandler(model, faults, stats, config, () => url);
+    const server = createServer((req, res) => {
+      void graph.handle(req, res);
+    });
+    server.keepAliveTimeout = 30_000;
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(options.port ?? 0, "127.0.0.1", () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+    return new ExchangeSimulator(server, { url, model, faults, stats, config, graph });
+  }
+
+  /** Environment for the product: GRAPH_ENDPOINT, GRAPH_API_VERSION, GRAPH_ACCESS_TOKEN. */
+  env(version: "v1.0" | "beta" = "v1.0"): Record<"GRAPH_ENDPOINT" | "GRAPH_API_VERSION" | "GRAPH_ACCESS_TOKEN", string> {
+    return { GRAPH_ENDPOINT: this.url, GRAPH_API_VERSION: version, GRAPH_ACCESS_TOKEN: this.token };
+  }
+
+  /** `${url}/${version}/admin/exchange/mailboxes/${encoded mailboxId}` */
+  mailboxUrl(mailboxId: string, version: "v1.0" | "beta" = "v1.0"): string {
+    return `${this.url}/${version}/admin/exchange/mailboxes/${encodeURIComponent(this.mbx(mailboxId).mailboxId)}`;
+  }
+
+  // ---- tenant setup ------------------------------------------------------------------------
+
+  /** A user without a mailbox (listed by /users with `mail: null`; settings/exchange gives 404). */
+  addUser(spec: { upn: string; userId?: string; displayName?: string }): SimUser {
+    return this.model.addUser(spec);
+  }
+
+  /** A user with a mailbox and the well-known folders (msgfolderroot, inbox, sentitems, drafts, deleteditems, archive). */
+  addMailbox(spec: { upn: string; userId?: string; displayName?: string }): SimMailbox {
+    return this.model.mailboxSnapshot(this.model.addMailbox(spec));
+  }
+
+  /** A user folder (default parent: msgfolderroot; well-known names work as parent ids). */
+  addFolder(mailboxId: string, spec: { parentFolderId?: string; displayName: string; type?: string }): SimFolder {
+    const m = this.mbx(mailboxId);
+    return this.model.folderSnapshot(m, this.model.addFolder(m, spec));
+  }
+
+  /** An item of `size` bytes. An explicit `id` must be unique in the mailbox (case-sensitive). */
+  addItem(mailboxId: string, folderId: string, spec: { size: number; id?: string; type?: string; createdDateTime?: string }): SimItem {
+    const m = this.mbx(mailboxId);
+    return this.model.itemSnapshot(m, this.model.addItem(m, folderId, spec));
+  }
+
+  /** A mailbox with nested folders and items spread over them; deterministic from (seed, upn). */
+  generateMailbox(spec: {
+    upn: string;
+    folders: number;
+    maxDepth?: number;
+    items: number;
+    seed?: number;
+    size?: (i: number, rand: () => number) => number;
+  }): SimMailbox {
+    return this.model.mailboxSnapshot(this.model.generateMailbox(spec));
+  }
+
+  // ---- changes -------------------------------------------------------------------------------
+
+  /** A new version of the item: new changeKey, new content (and optionally a new size). */
+  modifyItem(mailboxId: string, itemId: string, spec?: { size?: number }): SimItem {
+    const m = this.mbx(mailboxId);
+    return this.model.itemSnapshot(m, this.model.modifyItem(m, itemId, spec));
+  }
+
+  /** Hard-deletes an item (item delta reports `@removed`). */
+  deleteItem(mailboxId: string, itemId: string): void {
+    const m = this.mbx(mailboxId);
+    this.model.deleteItem(m, itemId);
+  }
+
+  /** Moves an item; it keeps its id and changeKey (the old folder's delta reports `@removed`). */
+  moveItem(mailboxId: string, itemId: string, toFolderId: string): SimItem {
+    const m = this.mbx(mailboxId);
+    return this.model.itemSnapshot(m, this.model.moveItem(m, itemId, toFolderId));
+  }
+
+  renameFolder(mailboxId: string, folderId: string, displayName: string): void {
+    this.model.renameFolder(this.mbx(mailboxId), folderId, displayName);
+  }
+
+  /** Moves a user folder (with its subtree) under another folder. */
+  moveFolder(mailboxId: string, folderId: string, newParentFolderId: string): void {
+    this.model.moveFolder(this.mbx(mailboxId), folderId, newParentFolderId);
+  }
+
+  /** Hard-deletes a user folder, its subfolders and their items. */
+  deleteFolder(mailboxId: string, folderId: string): void {
+    this.model.deleteFolder(this.mbx(mailboxId), folderId);
+  }
+
+  /** Every delta/skip token issued so far for this mailbox now gets 410 SyncStateNotFound. */
+  invalidateDeltaTokens(mailboxId: string): void {
+    this.mbx(mailboxId).epoch++;
+  }
+
+  // ---- inspection ----------------------------------------------------------------------------
+
+  /** A mailbox by MBX id, UPN or user id (case-insensitive). */
+  getMailbox(idOrUpn: string): SimMailbox | undefined {
+    const m = this.model.findMailbox(idOrUpn);
+    return m ? this.model.mailboxSnapshot(m) : undefined;
+  }
+
+  listMailboxes(): SimMailbox[] {
+    return [...this.model.mailboxes.values()].map((m) => this.model.mailboxSnapshot(m));
+  }
+
+  listUsers(): SimUser[] {
+    return [...this.model.users.values()];
+  }
+
+  /** A folder by id or well-known name. */
+  getFolder(mailboxId: string, folderId: string): SimFolder | undefined {
+    const m = this.mbx(mailboxId);
+    const f = m.resolveFolder(folderId);
+    return f ? this.model.folderSnapshot(m, f) : undefined;
+  }
+
+  /** All folders except the root, parents before children. */
+  listFolders(mailboxId: string): SimFolder[] {
+    const m = this.mbx(mailboxId);
+    return this.model.folderTree(m).map((f) => this.model.folderSnapshot(m, f));
+  }
+
+  getItem(mailboxId: string, itemId: string): SimItem | undefined {
+    const m = this.mbx(mailboxId);
+    const i = m.items.get(itemId);
+    return i ? this.model.itemSnapshot(m, i) : undefined;
+  }
+
+  /** Items of the mailbox (or of one folder), in creation order per folder. */
+  listItems(mailboxId: string, folderId?: string): SimItem[] {
+    const m = this.mbx(mailboxId);
+    if (folderId === undefined) return [...m.items.values()].map((i) => this.model.itemSnapshot(m, i));
+    const f = this.model.folder(m, folderId);
+    const out: SimItem[] = [];
+    for (const id of f.items) {
+      const i = m.items.get(id);
+      if (i) out.push(this.model.itemSnapshot(m, i));
+    }
+    return out;
+  }
+
+  /** The current version's exact bytes, streamed in chunks (64 KiB by default). */
+  async *itemContent(mailboxId: string, itemId: string, chunkSize: number = 64 * 1024): AsyncIterable<Buffer> {
+    const key = this.contentKey(mailboxId, itemId);
+    for (const chunk of contentChunks(key, chunkSize)) yield chunk;
+  }
+
+  /** sha256 (lowercase hex) of the current version's bytes (computed by streaming, cached). */
+  itemSha256(mailboxId: string, itemId: string): string {
+    return this.sha256Of(this.contentKey(mailboxId, itemId));
+  }
+
+  /** sha256 of any version (e.g. one recorded before a modifyItem). */
+  sha256Of(key: ContentKey): string {
+    const k = `${key.mailboxId}\0${key.itemId}\0${key.changeKey}\0${key.size}`;
+    let h = this.shaCache.get(k);
+    if (h === undefined) {
+      h = contentSha256(key);
+      this.shaCache.set(k, h);
+    }
+    return h;
+  }
+
+  /** The content key (mailboxId, itemId, changeKey, size) of the item's current version. */
+  contentKey(mailboxId: string, itemId: string): ContentKey {
+    const m = this.mbx(mailboxId);
+    const i = this.model.item(m, itemId);
+    return { mailboxId: m.mailboxId, itemId: i.id, changeKey: i.changeKey, size: i.size };
+  }
+
+  /** Requests currently in flight for a mailbox. */
+  inFlight(mailboxId: string): number {
+    return this.graph.inFlightOf(this.mbx(mailboxId).mailboxId);
+  }
+
+  resetStats(): void {
+    this.stats.reset();
+  }
+
+  /** Stops listening and drops every open connection. */
+  async close(): Promise<void> {
+    await new Promise<void>((resolve) => {
+      this.server.close(() => resolve());
+      this.server.closeAllConnections();
+    });
+  }
+
+  private mbx(idOrUpn: string): MailboxState {
+    return this.model.mailbox(idOrUpn);
+  }
+}
