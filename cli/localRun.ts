@@ -15,14 +15,19 @@ export interface LocalApp {
   stop(): Promise<void>;
 }
 
-export async function startLocalApp(services: Services, options: { functionKey?: string; port?: number } = {}): Promise<LocalApp> {
+export async function startLocalApp(
+  services: Services,
+  options: { functionKey?: string; port?: number; timerScale?: number; maxEventsPerEpisode?: number } = {},
+): Promise<LocalApp> {
   setServices(services);
   const host = await LocalDurableHost.start({
     loadApp: async () => {
-      await import("../functions/index");
+      await import("../functions/index.js");
     },
     functionKey: options.functionKey,
     port: options.port,
+    timerScale: options.timerScale,
+    maxEventsPerEpisode: options.maxEventsPerEpisode,
   });
   return {
     host,

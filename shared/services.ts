@@ -21,6 +21,17 @@ export interface Services {
     /** Byte budget of one exportItems call (listed sizes). */
     batchMaxBytes: number;
   };
+  /** Pauses between retries; production keeps the defaults, tests shorten them. */
+  timing: Timing;
+}
+
+export interface Timing {
+  /** First Graph backoff step when no Retry-After is given (default 1 s). */
+  graphBaseRetryDelayMs?: number;
+  /** Longest Graph wait, Retry-After included (default 60 s). */
+  graphMaxRetryDelayMs?: number;
+  /** Pause before exportBatch asks again for items whose response broke off (default 500 ms, doubling). */
+  exportRetryDelayMs?: number;
 }
 
 export interface ServiceOverrides {
@@ -28,6 +39,7 @@ export interface ServiceOverrides {
   credential?: TokenCredential;
   logger?: Logger;
   onGraphRetry?: ConstructorParameters<typeof GraphClient>[0]["onRetry"];
+  timing?: Timing;
 }
 
 /** A Graph credential from the settings: a static token when GRAPH_ACCESS_TOKEN is set, else DefaultAzureCredential. */
@@ -51,6 +63,8 @@ export function createServices(env: Env, overrides: ServiceOverrides = {}): Serv
     maxRequestsPerMailbox,
     logger,
     onRetry: overrides.onGraphRetry,
+    baseRetryDelayMs: overrides.timing?.graphBaseRetryDelayMs,
+    maxRetryDelayMs: overrides.timing?.graphMaxRetryDelayMs,
   });
   return {
     mailbox: new MailboxApi(graph),
@@ -60,6 +74,7 @@ export function createServices(env: Env, overrides: ServiceOverrides = {}): Serv
       maxRequestsPerMailbox,
       batchMaxBytes: intSetting(env, "MAILVAULT_BATCH_MAX_BYTES", 1024 * 1024, 4 * 1024 * 1024 * 1024),
     },
+    timing: overrides.timing ?? {},
   };
 }
 

@@ -224,7 +224,7 @@ export async function exportPlanned(svc: Services, input: ExportPlannedInput, si
   if (!batch) throw new InvalidInputError(`page ${input.pageNo} has no batch ${input.batchNo}`);
   const items = input.itemIndex === undefined ? batch : [batch[input.itemIndex]].filter(Boolean);
   if (items.length === 0) throw new InvalidInputError(`batch ${input.batchNo} has no item ${input.itemIndex}`);
-  const outcomes = await exportBatch({ mailbox: svc.mailbox, store: svc.store, logger: svc.logger }, { mailboxId: input.mailboxId, items }, { signal });
+  const outcomes = await exportBatch({ mailbox: svc.mailbox, store: svc.store, logger: svc.logger }, { mailboxId: input.mailboxId, items }, { signal, retryDelayMs: svc.timing.exportRetryDelayMs });
   const callFailures = outcomes.filter((o) => o.status === "failed" && o.scope === "call");
   if (items.length > 1 && callFailures.length > 0) {
     // The call itself kept failing: let Durable retry the batch, then split it so that one poison item
