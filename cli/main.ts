@@ -74,6 +74,10 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
       exitCode = await verifyCommand(opts, io);
     });
 
+  if (argv.length === 0) {
+    io.stderr(program.helpInformation());
+    return EXIT.usage;
+  }
   try {
     await program.parseAsync(argv, { from: "user" });
     return exitCode;
