@@ -26,7 +26,7 @@ afterAll(async () => {
   await sim.close();
 });
 
-function post(path: string, body?: string, key: string | undefined = KEY) {
+function post(path: string, body?: string, key: string | null = KEY) {
   return fetch(`${t.app.host.baseUrl}${path}`, {
     method: "POST",
     headers: { "content-type": "application/json", ...(key ? { "x-functions-key": key } : {}) },
@@ -93,7 +93,7 @@ describe("POST /api/mailboxes/{mailbox}/backups", () => {
   });
 
   it("requires the function key", async () => {
-    expect((await post("/api/mailboxes/http@contoso.com/backups", "", undefined)).status).toBe(401);
+    expect((await post("/api/mailboxes/http@contoso.com/backups", "", null)).status).toBe(401);
     expect((await post("/api/mailboxes/http@contoso.com/backups", "", "wrong-key")).status).toBe(401);
   });
 });
