@@ -64,6 +64,8 @@ export interface InstanceMetrics {
   activitiesRun: number;
   /** largest activity input or output, as JSON bytes */
   maxActivityPayloadBytes: number;
+  /** wall time spent inside the orchestrator function (replays included), in milliseconds */
+  orchestratorMs: number;
 }
 
 /**
@@ -422,6 +424,7 @@ export class TaskHub {
         episodes: 0,
         maxHistoryLength: 0,
         totalHistoryEvents: 0,
+        orchestratorMs: 0,
         activitiesRun: 0,
         maxActivityPayloadBytes: 0,
       },
@@ -599,7 +602,12 @@ export class TaskHub {
           this.finish(inst, "Failed", `Orchestrator function '${inst.name}' failed: unhandled rejection: ${errorMessage(reason)}`),
       };
       const copy: unknown = JSON.parse(JSON.stringify(binding));
-      returned = await runInScope(scope, () => fn.callback(copy, context));
+      const started = performance.now();
+      try {
+        returned = await runInScope(scope, () => fn.callback(copy, context));
+      } finally {
+        inst.metrics.orchestratorMs += performance.now() - started;
+      }
     } catch (err) {
       failure = extractOrchestratorFailure(err);
     }

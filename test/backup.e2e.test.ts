@@ -3,6 +3,7 @@ import { backupOnHost } from "../cli/localRun";
 import type { RunSummary } from "../shared/backup/backupRun";
 import type { ItemStore, PutObjectOptions, StoredObject } from "../shared/store/itemStore";
 import { verifyRun } from "../shared/verify";
+import { DEFAULT_PAGE_ITEMS } from "../shared/backup/orchestration";
 import { ExchangeSimulator } from "./simulator";
 import { azuriteStore, manifestLines, startTestApp, tempStore } from "./support/apps";
 
@@ -147,7 +148,7 @@ describe("backup orchestration", () => {
       results[n] = worst;
       expect(worst).toBeLessThanOrEqual(bound.events);
       const root = metrics.find((m) => m.id.startsWith("backup-") && !m.id.includes(":"));
-      expect(root?.executions).toBe(Math.ceil(n / 1000) + (n % 1000 === 0 ? 0 : 0));
+      expect(root?.executions).toBe(Math.ceil(n / DEFAULT_PAGE_ITEMS));
     }
     // Ten times the items, the same history per instance (within one page's jitter).
     expect(Math.abs(results[10000] - results[1000])).toBeLessThanOrEqual(20);

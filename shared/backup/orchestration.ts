@@ -7,8 +7,8 @@ import { mailboxKey } from "../store/naming";
  * orchestrator in functions/ stays a thin sequence of Durable calls and these rules are unit-tested.
  */
 
-/** Items planned per page: one page is one continueAsNew episode of the root orchestration. */
-export const DEFAULT_PAGE_ITEMS = 1000;
+/** Items planned per page (100 export calls): one page is one continueAsNew execution of the root orchestration. */
+export const DEFAULT_PAGE_ITEMS = 2000;
 
 /** What a starter (HTTP, timer, event, CLI) passes to the root orchestration. */
 export interface BackupRequest {
@@ -92,6 +92,8 @@ export function progressOf(s: BackupState, phase: BackupProgress["phase"]): Back
  * (Azure/azure-functions-durable-js#574). Lanes are sub-orchestrations awaited once with Task.all
  * over fresh tasks, which the extension replays correctly.
  */
+const CALL_COST_BYTES = 8 * 1024 * 1024;
+
 export function assignLanes(batchBytes: readonly number[], lanes: number): number[][] {
   const n = Math.max(1, Math.min(lanes, batchBytes.length || 1));
   const out: number[][] = Array.from({ length: n }, () => []);
@@ -101,8 +103,8 @@ export function assignLanes(batchBytes: readonly number[], lanes: number): numbe
     let best = 0;
     for (let l = 1; l < n; l++) if (load[l] < load[best] || (load[l] === load[best] && out[l].length < out[best].length)) best = l;
     out[best].push(i);
-    // A batch costs at least one call however small it is.
-    load[best] += b + 256 * 1024;
+    // A call's fixed cost (Exchange's latency) dominates small batches: count it as 8 MB of transfer.
+    load[best] += b + CALL_COST_BYTES;
   }
   for (const lane of out) lane.sort((a, b) => a - b);
   return out.filter((l) => l.length > 0);
