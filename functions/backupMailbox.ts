@@ -87,14 +87,27 @@ const backupMailbox: OrchestrationHandler = function* (context: OrchestrationCon
     const runId = makeRunId(startedAt, context.df.newGuid(context.df.instanceId).replace(/-/g, "").slice(0, 8));
     const base = { ...input, runId, startedAt: startedAt.toISOString(), folderCount: 0, estimatedItems: 0, pageNo: 0, foldersDone: 0, totals: zeroTotals() };
     context.df.setCustomStatus(progressOf(base, "starting"));
-    const start: StartRunResult = yield startRunActivity({ mailboxId: input.mailboxId, requested: input.mailbox, runId, startedAt: base.startedAt }).withRetry(retryPolicy());
-    state = { ...base, folderCount: start.folderCount, estimatedItems: start.estimatedItems, cursor: start.folderCount > 0 ? { folderIndex: 0 } : undefined };
+    const start: StartRunResult = yield startRunActivity({
+      mailboxId: input.mailboxId,
+      requested: input.mailbox,
+      runId,
+      startedAt: base.startedAt,
+      full: input.full,
+    }).withRetry(retryPolicy());
+    state = {
+      ...base,
+      baseRunId: start.baseRunId,
+      folderCount: start.folderCount,
+      estimatedItems: start.estimatedItems,
+      cursor: start.folderCount > 0 ? { folderIndex: 0 } : undefined,
+    };
   }
 
   if (state.cursor) {
     const plan: PlanPageResult = yield planPageActivity({
       mailboxId: state.mailboxId,
       runId: state.runId,
+      baseRunId: state.baseRunId,
       pageNo: state.pageNo,
       cursor: state.cursor,
       pageItems: state.pageItems,
@@ -143,6 +156,7 @@ const backupMailbox: OrchestrationHandler = function* (context: OrchestrationCon
 
   const summary: RunSummary = yield finishRunActivity({
     mailboxId: state.mailboxId,
+    baseRunId: state.baseRunId,
     requested: state.mailbox,
     runId: state.runId,
     startedAt: state.startedAt,

@@ -27,6 +27,8 @@ export interface BackupRequest {
 /** The root orchestration's state, carried from one execution to the next through continueAsNew. */
 export interface BackupState extends BackupRequest {
   runId: string;
+  /** The last complete run this one builds on (incremental); undefined for a first run. */
+  baseRunId?: string;
   startedAt: string;
   folderCount: number;
   estimatedItems: number;
