@@ -80,6 +80,17 @@ param batchMaxBytes int = 104857600
 
 @minLength(3)
 @maxLength(45)
+@description('MAILVAULT_MAILBOXES: mailboxes of the nightly backup (UPNs or ids, comma-separated, or * for the whole tenant). Empty: no nightly backups.')
+param nightlyMailboxes string = ''
+
+@description('MAILVAULT_BACKUP_SCHEDULE: NCRONTAB schedule of the nightly backup (six fields, UTC).')
+param backupSchedule string = '0 0 2 * * *'
+
+@description('MAILVAULT_MAX_MAILBOXES_IN_FLIGHT: mailboxes the nightly backup runs at the same time.')
+@minValue(1)
+@maxValue(200)
+param maxMailboxesInFlight int = 10
+
 @description('TASKHUB_NAME: Durable Functions task hub (host.json reads %TASKHUB_NAME%). Letters and digits, starting with a letter.')
 param taskHubName string = 'mailvault'
 
@@ -528,6 +539,9 @@ var appSettings = {
   GRAPH_API_VERSION: graphApiVersion
   MAILVAULT_MAX_REQUESTS_PER_MAILBOX: string(maxRequestsPerMailbox)
   MAILVAULT_BATCH_MAX_BYTES: string(batchMaxBytes)
+  MAILVAULT_MAILBOXES: nightlyMailboxes
+  MAILVAULT_BACKUP_SCHEDULE: backupSchedule
+  MAILVAULT_MAX_MAILBOXES_IN_FLIGHT: string(maxMailboxesInFlight)
   TASKHUB_NAME: taskHubName
 }
 

@@ -4,3 +4,4 @@
  */
 import "./backupMailbox";
 import "./startBackup";
+import "./nightlyBackup";

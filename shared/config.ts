@@ -1,3 +1,5 @@
+import { InvalidInputError } from "./errors";
+
 /**
  * Every setting mailvault reads, in one place. The README's settings table and infra.bicep's app
  * settings are checked against this list by the test suite, so a new setting must be added here.
@@ -23,6 +25,9 @@ export const SETTINGS: readonly SettingSpec[] = [
   { name: "MAILVAULT_STORAGE_CONNECTION_STRING", scope: "both", description: "A storage connection string (e.g. Azurite) for `blob:<container>` stores. Not used in Azure, where the identity is." },
   { name: "MAILVAULT_MAX_REQUESTS_PER_MAILBOX", default: "4", scope: "both", description: "Graph requests in flight per mailbox (Exchange Online allows 4 per app per mailbox), and export activities in flight per mailbox." },
   { name: "MAILVAULT_BATCH_MAX_BYTES", default: "104857600", scope: "both", description: "Byte budget of one exportItems call, from the listed item sizes (at most 20 items a call regardless)." },
+  { name: "MAILVAULT_MAILBOXES", scope: "app", description: "Mailboxes the nightly backup covers: UPNs or ids separated by commas, or `*` for every mailbox of the tenant. Empty: no nightly backups." },
+  { name: "MAILVAULT_BACKUP_SCHEDULE", default: "0 0 2 * * *", scope: "app", requiredInApp: true, description: "When the nightly backup runs: an NCRONTAB expression (six fields, UTC unless WEBSITE_TIME_ZONE is set)." },
+  { name: "MAILVAULT_MAX_MAILBOXES_IN_FLIGHT", default: "10", scope: "app", description: "Mailboxes the nightly backup runs at the same time." },
   { name: "TASKHUB_NAME", default: "mailvault", scope: "app", description: "Durable Functions task hub name (host.json reads it)." },
 ];
 
@@ -39,7 +44,33 @@ export function intSetting(env: Env, name: string, min: number, max: number): nu
   const raw = setting(env, name);
   const n = raw === undefined ? NaN : Number(raw);
   if (!Number.isInteger(n) || n < min || n > max) {
-    throw new Error(`setting ${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`);
+    throw new InvalidInputError(`setting ${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`, "InvalidSetting");
   }
   return n;
+}
+
+/** The nightly mailbox list: `*` (every mailbox of the tenant) or the named ones, validated. */
+export function mailboxListSetting(env: Env): "*" | string[] {
+  const raw = setting(env, "MAILVAULT_MAILBOXES") ?? "";
+  if (raw.trim() === "*") return "*";
+  const names = [...new Set(raw.split(/[\s,;]+/).filter(Boolean))];
+  for (const n of names) {
+    if (!/^[^\s/\\?#%\x00-\x1f]{1,320}$/.test(n)) throw new InvalidInputError(`MAILVAULT_MAILBOXES has an invalid entry ${JSON.stringify(n).slice(0, 80)}`, "InvalidSetting");
+  }
+  return names;
+}
+
+const CRON_FIELD = /^(\*|\d+(-\d+)?)(\/\d+)?(,(\*|\d+(-\d+)?)(\/\d+)?)*$|^[A-Za-z]{3}(-[A-Za-z]{3})?(,[A-Za-z]{3}(-[A-Za-z]{3})?)*$/;
+const CRON_MAX = [59, 59, 23, 31, 12, 6];
+
+/** Checks an NCRONTAB expression ({second} {minute} {hour} {day} {month} {day-of-week}). */
+export function validateSchedule(expr: string): string {
+  const fields = expr.trim().split(/\s+/);
+  const bad = () => new InvalidInputError(`MAILVAULT_BACKUP_SCHEDULE ${JSON.stringify(expr)} is not an NCRONTAB expression of six fields, e.g. "0 0 2 * * *"`, "InvalidSetting");
+  if (fields.length !== 6) throw bad();
+  fields.forEach((f, i) => {
+    if (!CRON_FIELD.test(f)) throw bad();
+    for (const n of f.match(/\d+/g) ?? []) if (Number(n) > CRON_MAX[i] && !/\/\d+$/.test(f)) throw bad();
+  });
+  return fields.join(" ");
 }

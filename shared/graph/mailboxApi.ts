@@ -106,6 +106,23 @@ export class MailboxApi {
     }
   }
 
+  /**
+   * Users of the tenant that have a mail address, page by page (for "back up every mailbox").
+   * A mail address does not guarantee an Exchange mailbox: resolving tells.
+   */
+  async *listMailUsers(signal?: AbortSignal): AsyncGenerator<{ id: string; userPrincipalName: string; mail: string }> {
+    let link: string | undefined = "/users?$select=id,userPrincipalName,mail&$top=999";
+    while (link) {
+      const page: Page<{ id?: unknown; userPrincipalName?: unknown; mail?: unknown }> = await this.graph.json({ method: "GET", url: link, signal });
+      for (const u of page.value ?? []) {
+        if (typeof u.id === "string" && typeof u.userPrincipalName === "string" && typeof u.mail === "string" && u.mail) {
+          yield { id: u.id, userPrincipalName: u.userPrincipalName, mail: u.mail };
+        }
+      }
+      link = page["@odata.nextLink"];
+    }
+  }
+
   /** One page of a folder's child folders (`msgfolderroot` for the top level). */
   async childFoldersPage(mailboxId: string, parentFolderId: string, link?: string, signal?: AbortSignal): Promise<Page<MailboxFolder>> {
     const url = link ?? `${this.mailboxPath(mailboxId)}/folders/${encodeURIComponent(parentFolderId)}/childFolders?$top=100`;
