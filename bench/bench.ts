@@ -259,11 +259,107 @@ async function orchestrationFigure(): Promise<Figure> {
   };
 }
 
+async function incrementalFigure(): Promise<Figure> {
+  const items = quick ? 2000 : 10000;
+  const folders = 20;
+  const sim = await startSim({ seed: 4, latencyMs: 0, exportLatencyMs: 0, mailboxes: [{ upn: "inc@contoso.com", folders, items, sizes: "tiny" }] });
+  const dir = await mkdtemp(join(tmpdir(), "mailvault-bench-"));
+  try {
+    const services = createServices({ GRAPH_ENDPOINT: sim.url, GRAPH_API_VERSION: "v1.0", GRAPH_ACCESS_TOKEN: sim.token }, { store: new LocalItemStore(dir) });
+    const app = await startLocalApp(services);
+    const first = await backupOnHost(app, services, sim.mailboxes[0].upn);
+    const s1 = await sim.stats();
+    const second = await backupOnHost(app, services, sim.mailboxes[0].upn);
+    const s2 = await sim.stats();
+    await app.stop();
+    if (!first.summary || !second.summary) throw new Error("incremental runs failed");
+    const delta = s2.requests.itemsDelta ?? 0;
+    const folderCalls = s2.requests.folders ?? 0;
+    return {
+      id: "incremental",
+      title: "Incremental run of an unchanged mailbox",
+      goal: "folder deltas only, no export calls",
+      result: `${s2.totalRequests} Graph requests: ${delta} item-delta calls, ${folderCalls} folder listings, ${s2.exportItemsCalls} exportItems calls`,
+      met: s2.exportItemsCalls === 0,
+      rows: [
+        ["mailbox", `${items.toLocaleString("en-US")} items in ${folders} folders (plus the well-known ones)`],
+        ["first run", `${s1.totalRequests} requests (${s1.exportItemsCalls} exportItems), ${first.summary.exported} items exported`],
+        ["second run, nothing changed", `${s2.totalRequests} requests: ${JSON.stringify(s2.requests)}; ${second.summary.unchanged} items unchanged, ${second.summary.exported} exported`],
+      ],
+    };
+  } finally {
+    await sim.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function tenantFigure(): Promise<Figure> {
+  const count = quick ? 20 : 200;
+  const items = quick ? 100 : 500;
+  const inFlight = 10;
+  const latency = 500;
+  const sim = await startSim({
+    seed: 5,
+    latencyMs: 10,
+    exportLatencyMs: latency,
+    mailboxes: Array.from({ length: count }, (_, i) => ({ upn: `t${i}@contoso.com`, folders: 3, items, sizes: "tiny" })),
+  });
+  const dirs: string[] = [];
+  const env = { GRAPH_ENDPOINT: sim.url, GRAPH_API_VERSION: "v1.0", GRAPH_ACCESS_TOKEN: sim.token };
+  try {
+    // One mailbox alone: the single-mailbox time.
+    const d1 = await mkdtemp(join(tmpdir(), "mailvault-bench-"));
+    dirs.push(d1);
+    const one = createServices(env, { store: new LocalItemStore(d1) });
+    let app = await startLocalApp(one);
+    let t = performance.now();
+    const single = await backupOnHost(app, one, sim.mailboxes[0].upn);
+    const singleSecs = (performance.now() - t) / 1000;
+    await app.stop();
+    if (!single.summary) throw new Error("single-mailbox run failed");
+
+    // The whole tenant through the nightly timer.
+    const d2 = await mkdtemp(join(tmpdir(), "mailvault-bench-"));
+    dirs.push(d2);
+    process.env.MAILVAULT_MAILBOXES = "*";
+    process.env.MAILVAULT_MAX_MAILBOXES_IN_FLIGHT = String(inFlight);
+    const all = createServices(env, { store: new LocalItemStore(d2) });
+    app = await startLocalApp(all);
+    t = performance.now();
+    await app.host.invokeTimer("nightlyTimer");
+    const night = new Date().toISOString().slice(0, 10).replace(/-/g, "");
+    const status = await app.host.waitForCompletion(`nightly-${night}`, { timeoutMs: 3600_000 });
+    const tenantSecs = (performance.now() - t) / 1000;
+    await app.stop();
+    const summary = status.output as { completed: number; exported: number };
+    const serial = count * singleSecs;
+    const r = tenantSecs / serial;
+    return {
+      id: "tenant",
+      title: "Nightly run over a tenant",
+      goal: `wall time well below ${count} x one mailbox (${inFlight} mailboxes in flight)`,
+      result: `${ratio(r)} of ${count} x the single-mailbox time (ideal ${ratio(1 / inFlight)})`,
+      met: r < 2 / inFlight,
+      rows: [
+        ["tenant", `${count} mailboxes x ${items} items, ${latency} ms per exportItems call, ${inFlight} mailboxes in flight`],
+        ["one mailbox alone", `${singleSecs.toFixed(1)} s`],
+        ["whole tenant", `${tenantSecs.toFixed(1)} s, ${summary.completed} mailboxes completed, ${summary.exported} items`],
+        ["tenant / (mailboxes x one mailbox)", `${ratio(r)} (ideal ${ratio(1 / inFlight)})`],
+      ],
+    };
+  } finally {
+    delete process.env.MAILVAULT_MAILBOXES;
+    delete process.env.MAILVAULT_MAX_MAILBOXES_IN_FLIGHT;
+    await sim.close();
+    for (const d of dirs) await rm(d, { recursive: true, force: true });
+  }
+}
+
 async function main(): Promise<void> {
   const started = new Date();
   const figures: Figure[] = [];
   const only = process.argv.find((a) => a.startsWith("--only="))?.slice("--only=".length);
-  for (const f of [memoryFigure, throughputFigure, orchestrationFigure].filter((x) => !only || x.name.startsWith(only))) {
+  for (const f of [memoryFigure, throughputFigure, orchestrationFigure, incrementalFigure, tenantFigure].filter((x) => !only || x.name.startsWith(only))) {
     process.stderr.write(`bench: ${f.name}...\n`);
     const fig = await f();
     process.stderr.write(`bench: ${fig.title}: ${fig.result}\n`);
