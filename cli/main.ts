@@ -11,6 +11,7 @@ import { createServices, type Services } from "../shared/services";
 import type { ItemStore } from "../shared/store/itemStore";
 import { openStore } from "../shared/store/openStore";
 import { verifyRun } from "../shared/verify";
+import { prepareRestore } from "../shared/restore/prepare";
 import { backupOnHost, type BackupOutcome, startLocalApp } from "./localRun";
 
 /**
@@ -51,6 +52,22 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
     .option("--json", "print one JSON document on stdout")
     .action(async (opts: { mailbox: string[]; store?: string; full?: boolean; json?: boolean }) => {
       exitCode = await backupCommand(opts, io);
+    });
+
+  program
+    .command("restore")
+    .description("import a stored run's items into the same or another mailbox")
+    .requiredOption("--mailbox <mailbox>", "the backed-up mailbox (UPN, user id or MBX: id)")
+    .option("--run <runId>", "the run to restore from (default: the latest complete one)")
+    .option("--to <mailbox>", "the target mailbox (default: the same one)")
+    .option("--folder <folderId>", "restore only this folder and its subfolders (repeatable)", collect)
+    .option("--item <itemId>", "restore only this item (repeatable)", collect)
+    .option("--folder-name <name>", "name of the new folder the restore goes under")
+    .option("--into-original-folders", "put items back at their original folder paths instead of under a new folder")
+    .addOption(storeOption())
+    .option("--json", "print one JSON document on stdout")
+    .action(async (opts: { mailbox: string; run?: string; to?: string; folder?: string[]; item?: string[]; folderName?: string; intoOriginalFolders?: boolean; store?: string; json?: boolean }) => {
+      exitCode = await restoreCommand(opts, io);
     });
 
   program
@@ -154,6 +171,37 @@ async function backupCommand(opts: { mailbox: string[]; store?: string; full?: b
   if (outcomes.some((o) => o.error)) return EXIT.failure;
   if (outcomes.some((o) => (o.summary?.failed ?? 0) > 0)) return EXIT.itemsFailed;
   return EXIT.ok;
+}
+
+async function restoreCommand(
+  opts: { mailbox: string; run?: string; to?: string; folder?: string[]; item?: string[]; folderName?: string; intoOriginalFolders?: boolean; store?: string; json?: boolean },
+  io: CliIo,
+): Promise<number> {
+  const store = storeFor(opts.store, io.env);
+  const services: Services = createServices(io.env, { store, logger: lineLogger((l) => io.stderr(l + "\n"), "warn") });
+  const app = await startLocalApp(services);
+  try {
+    const r = await prepareRestore(
+      services,
+      opts.mailbox,
+      { run: opts.run, target: opts.to, folders: opts.folder, items: opts.item, targetFolderName: opts.folderName, intoOriginalFolders: opts.intoOriginalFolders },
+      new Date(),
+    );
+    await services.mailbox.resolveMailbox(r.target);
+    const instanceId = `restore-${r.restoreId}`;
+    await app.host.startNew("restoreMailbox", { instanceId, input: r });
+    const status = await app.host.waitForCompletion(instanceId, { timeoutMs: 30 * 24 * 3600_000 });
+    if (status.runtimeStatus !== "Completed") {
+      io.stderr(redact(`mailvault: restore ended ${status.runtimeStatus}: ${String(status.output ?? "")}\n`));
+      return EXIT.failure;
+    }
+    const report = status.output as { restoreId: string; targetMailboxId: string; items: number; imported: number; alreadyImported: number; failed: number; bytes: number };
+    if (opts.json) io.stdout(JSON.stringify(report, null, 2) + "\n");
+    else io.stdout(`restore ${report.restoreId} into ${report.targetMailboxId}: ${report.imported + report.alreadyImported} of ${report.items} items imported (${formatBytes(report.bytes)}), ${report.failed} failed\n`);
+    return report.failed > 0 ? EXIT.itemsFailed : EXIT.ok;
+  } finally {
+    await app.stop();
+  }
 }
 
 async function runsCommand(opts: { mailbox: string; store?: string; json?: boolean }, io: CliIo): Promise<number> {

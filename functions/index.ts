@@ -5,3 +5,4 @@
 import "./backupMailbox";
 import "./startBackup";
 import "./nightlyBackup";
+import "./restoreMailbox";

@@ -5,6 +5,7 @@ import { MailboxApi } from "./graph/mailboxApi";
 import { type Logger, silentLogger } from "./log";
 import type { ItemStore } from "./store/itemStore";
 import { openStore } from "./store/openStore";
+import { EXCHANGE_ONLINE_IMPORT_PACING, type ImportPacing } from "./restore/importer";
 
 /**
  * What the backup and restore code needs from the outside world, built once per process from the
@@ -20,6 +21,8 @@ export interface Services {
     maxRequestsPerMailbox: number;
     /** Byte budget of one exportItems call (listed sizes). */
     batchMaxBytes: number;
+    /** Upload budget per target mailbox (Exchange Online: 150 MB per 5 minutes). */
+    importPacing: ImportPacing;
   };
   /** Pauses between retries; production keeps the defaults, tests shorten them. */
   timing: Timing;
@@ -40,6 +43,8 @@ export interface ServiceOverrides {
   logger?: Logger;
   onGraphRetry?: ConstructorParameters<typeof GraphClient>[0]["onRetry"];
   timing?: Timing;
+  /** Replaces Exchange Online's import budget (tests and benchmarks against the simulator). */
+  importPacing?: ImportPacing;
 }
 
 /** A Graph credential from the settings: a static token when GRAPH_ACCESS_TOKEN is set, else DefaultAzureCredential. */
@@ -73,6 +78,7 @@ export function createServices(env: Env, overrides: ServiceOverrides = {}): Serv
     limits: {
       maxRequestsPerMailbox,
       batchMaxBytes: intSetting(env, "MAILVAULT_BATCH_MAX_BYTES", 1024 * 1024, 4 * 1024 * 1024 * 1024),
+      importPacing: overrides.importPacing ?? EXCHANGE_ONLINE_IMPORT_PACING,
     },
     timing: overrides.timing ?? {},
   };

@@ -178,6 +178,48 @@ export class MailboxApi {
     return { items, removed, nextLink: page["@odata.nextLink"], deltaLink: page["@odata.deltaLink"] };
   }
 
+  /** A folder by id or well-known name (`inbox`, `msgfolderroot`, ...); undefined when it does not exist. */
+  async getFolder(mailboxId: string, folderId: string, signal?: AbortSignal): Promise<MailboxFolder | undefined> {
+    try {
+      return await this.graph.json<MailboxFolder>({ method: "GET", url: `${this.mailboxPath(mailboxId)}/folders/${encodeURIComponent(folderId)}`, mailboxId, signal });
+    } catch (e) {
+      if (e instanceof GraphError && e.status === 404) return undefined;
+      throw e;
+    }
+  }
+
+  /**
+   * Creates a folder under `parentFolderId` (undefined: the top of the mailbox). When a sibling of
+   * that name exists (409), returns the existing one, so that re-running a restore is harmless.
+   */
+  async createFolder(mailboxId: string, parentFolderId: string | undefined, spec: { displayName: string; type?: string }, signal?: AbortSignal): Promise<MailboxFolder> {
+    const url = parentFolderId
+      ? `${this.mailboxPath(mailboxId)}/folders/${encodeURIComponent(parentFolderId)}/childFolders`
+      : `${this.mailboxPath(mailboxId)}/folders`;
+    try {
+      return await this.graph.json<MailboxFolder>({ method: "POST", url, mailboxId, body: { displayName: spec.displayName, type: spec.type ?? "IPF.Note" }, signal });
+    } catch (e) {
+      if (!(e instanceof GraphError && e.status === 409)) throw e;
+      let link: string | undefined;
+      do {
+        const page = await this.childFoldersPage(mailboxId, parentFolderId ?? "msgfolderroot", link, signal);
+        const hit = (page.value ?? []).find((f) => f.displayName.toLowerCase() === spec.displayName.toLowerCase());
+        if (hit) return hit;
+        link = page["@odata.nextLink"];
+      } while (link);
+      throw e;
+    }
+  }
+
+  /** A pre-authenticated import URL for the mailbox. The URL is a secret: never log it. */
+  async createImportSession(mailboxId: string, signal?: AbortSignal): Promise<{ importUrl: string; expirationDateTime: string }> {
+    const s = await this.graph.json<{ importUrl?: unknown; expirationDateTime?: unknown }>({ method: "POST", url: `${this.mailboxPath(mailboxId)}/createImportSession`, mailboxId, signal });
+    if (typeof s?.importUrl !== "string" || typeof s.expirationDateTime !== "string") {
+      throw new GraphError(200, "InvalidImportSession", "createImportSession returned no importUrl");
+    }
+    return { importUrl: s.importUrl, expirationDateTime: s.expirationDateTime };
+  }
+
   /**
    * Calls exportItems once and hands the streamed JSON response to `consume`. Ids are validated
    * first (1 to 20 non-empty strings); the mailbox's in-flight slot is held while `consume` reads.

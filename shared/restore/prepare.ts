@@ -1,0 +1,36 @@
+import { z } from "zod";
+import { findMailbox, pickRun } from "../catalog";
+import { validateMailboxArg } from "../graph/mailboxApi";
+import type { Services } from "../services";
+import { makeRunId } from "../store/naming";
+import type { RestoreRequest } from "./restoreRun";
+
+/** What a caller may ask of a restore (HTTP body, CLI flags), validated strictly. */
+export const RestoreBody = z.strictObject({
+  run: z.string().max(64).optional(),
+  target: z.string().min(1).max(320).optional(),
+  folders: z.array(z.string().min(1).max(1024)).max(1000).optional(),
+  items: z.array(z.string().min(1).max(1024)).max(10000).optional(),
+  targetFolderName: z.string().min(1).max(255).optional(),
+  intoOriginalFolders: z.boolean().optional(),
+});
+
+export type RestoreBody = z.infer<typeof RestoreBody>;
+
+/** Builds a restore request from the user's words; the store says what exists. */
+export async function prepareRestore(svc: Services, mailbox: string, body: RestoreBody, now: Date): Promise<RestoreRequest> {
+  const source = await findMailbox(svc.store, validateMailboxArg(mailbox));
+  const run = await pickRun(svc.store, source.mailboxId, body.run);
+  if (body.target !== undefined) validateMailboxArg(body.target);
+  return {
+    restoreId: makeRunId(now, crypto.randomUUID().slice(0, 8)),
+    sourceMailboxId: source.mailboxId,
+    runId: run.runId,
+    target: body.target ?? source.mailboxId,
+    ...(body.folders?.length ? { folders: body.folders } : {}),
+    ...(body.items?.length ? { items: body.items } : {}),
+    ...(body.targetFolderName ? { targetFolderName: body.targetFolderName } : {}),
+    ...(body.intoOriginalFolders ? { intoOriginalFolders: true } : {}),
+  };
+}
+
