@@ -190,14 +190,14 @@ async function restoreCommand(
     await services.mailbox.resolveMailbox(r.target);
     const instanceId = `restore-${r.restoreId}`;
     await app.host.startNew("restoreMailbox", { instanceId, input: r });
-    const status = await app.host.waitForCompletion(instanceId, { timeoutMs: 30 * 24 * 3600_000 });
+    const status = await app.host.waitForCompletion(instanceId, { timeoutMs: 7 * 24 * 3600_000 });
     if (status.runtimeStatus !== "Completed") {
       io.stderr(redact(`mailvault: restore ended ${status.runtimeStatus}: ${String(status.output ?? "")}\n`));
       return EXIT.failure;
     }
     const report = status.output as { restoreId: string; targetMailboxId: string; items: number; imported: number; alreadyImported: number; failed: number; bytes: number };
     if (opts.json) io.stdout(JSON.stringify(report, null, 2) + "\n");
-    else io.stdout(`restore ${report.restoreId} into ${report.targetMailboxId}: ${report.imported + report.alreadyImported} of ${report.items} items imported (${formatBytes(report.bytes)}), ${report.failed} failed\n`);
+    else io.stdout(`restore ${report.restoreId} into ${report.targetMailboxId}: ${report.imported} of ${report.items} items imported${report.alreadyImported ? ` (${report.alreadyImported} by an earlier attempt)` : ""} (${formatBytes(report.bytes)}), ${report.failed} failed\n`);
     return report.failed > 0 ? EXIT.itemsFailed : EXIT.ok;
   } finally {
     await app.stop();

@@ -25,7 +25,7 @@ export const RESTORE_ORCHESTRATION = "restoreMailbox";
 /** Pages per execution before continuing as new (bounded history). */
 const PAGES_PER_EXECUTION = 25;
 
-const startRestoreActivity = df.app.activity("startRestore", {
+const startRestoreActivity = df.app.activity("selectRestoreItems", {
   handler: (async (r: RestoreRequest, context: InvocationContext) => startRestore(activityServices(context), r)) satisfies ActivityHandler,
 });
 const makeFoldersActivity = df.app.activity("makeRestoreFolders", {
@@ -94,6 +94,7 @@ const restoreMailbox: OrchestrationHandler = function* (context: OrchestrationCo
     finishedAt: context.df.currentUtcDateTime.toISOString(),
     pageCount: state.start.pageCount,
     items: state.start.itemCount,
+    alreadyImported: state.done.alreadyImported,
   }).withRetry(retryPolicy());
   context.df.setCustomStatus({ phase: "done", items: { done: report.imported + report.failed, total: report.items }, bytes: report.bytes, failed: report.failed });
   return { ...report, failures: report.failures.slice(0, 10) };

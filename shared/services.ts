@@ -35,6 +35,8 @@ export interface Timing {
   graphMaxRetryDelayMs?: number;
   /** Pause before exportBatch asks again for items whose response broke off (default 500 ms, doubling). */
   exportRetryDelayMs?: number;
+  /** First pause before an import upload is tried again without a Retry-After (default 1 s, doubling). */
+  importRetryDelayMs?: number;
 }
 
 export interface ServiceOverrides {

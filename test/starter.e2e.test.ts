@@ -98,6 +98,35 @@ describe("POST /api/mailboxes/{mailbox}/backups", () => {
   });
 });
 
+describe("POST /api/mailboxes/{mailbox}/restores", () => {
+  it("restores the latest run into another mailbox and reports it", async () => {
+    const target = sim.addMailbox({ upn: "http-restore@contoso.com" });
+    const res = await post("/api/mailboxes/http@contoso.com/restores", JSON.stringify({ target: "http-restore@contoso.com", targetFolderName: "Back" }));
+    expect(res.status).toBe(202);
+    const { statusQueryGetUri } = (await res.json()) as { statusQueryGetUri: string };
+    const done = (await follow(statusQueryGetUri)) as unknown as { runtimeStatus: string; output: { imported: number; failed: number; items: number } };
+    expect(done.runtimeStatus).toBe("Completed");
+    expect(done.output).toMatchObject({ items: 60, imported: 60, failed: 0 });
+    expect(sim.importedItems(target.mailboxId)).toHaveLength(60);
+  });
+
+  it.each([
+    ["an unknown run", { run: "20200101T000000000Z-abcd1234" }, "RunNotFound"],
+    ["a malformed run id", { run: "../../x" }, "InvalidRunId"],
+    ["an item not in the run", { items: ["AAMkAGnope="] }, "ItemNotInRun"],
+    ["a folder not in the run", { folders: ["AAMkAGnofolder="] }, "FolderNotInRun"],
+    ["an unknown field", { overwrite: true }, "InvalidBody"],
+    ["a wrong type", { items: "all" }, "InvalidBody"],
+    ["a bad target", { target: "a/b" }, "InvalidMailbox"],
+  ])("rejects %s with 400 and starts nothing", async (_name, body, code) => {
+    const before = t.app.host.listInstances().length;
+    const res = await post("/api/mailboxes/http@contoso.com/restores", JSON.stringify(body));
+    expect(res.status).toBe(400);
+    expect(((await res.json()) as { error: { code: string } }).error.code).toBe(code);
+    expect(t.app.host.listInstances().length).toBe(before);
+  });
+});
+
 describe("mailvault CLI", () => {
   function io(env: Record<string, string | undefined> = {}) {
     const out: string[] = [];
@@ -123,6 +152,15 @@ describe("mailvault CLI", () => {
     const verify = io();
     expect(await runCli(["verify", "--mailbox", "cli@contoso.com", "--json"], verify.value)).toBe(0);
     expect(JSON.parse(verify.out.join(""))).toMatchObject({ checked: 30, ok: 30, problems: [] });
+  });
+
+  it("restores with `mailvault restore` and exits 0", async () => {
+    const target = sim.addMailbox({ upn: "cli-restore@contoso.com" });
+    const { value, out, err } = io();
+    const code = await runCli(["restore", "--mailbox", "cli@contoso.com", "--to", "cli-restore@contoso.com", "--json"], value);
+    expect(err.join("")).toBe("");
+    expect(code).toBe(0);
+    expect(JSON.parse(out.join(""))).toMatchObject({ items: 30, imported: 30, failed: 0, targetMailboxId: target.mailboxId });
   });
 
   it("exits 3 when the run finished but some items failed", async () => {

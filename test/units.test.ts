@@ -75,7 +75,7 @@ describe("naming (backup format v1)", () => {
   it("makes sortable run ids", () => {
     const a = makeRunId(new Date("2026-11-23T02:00:00.123Z"), "ab12cd34");
     const b = makeRunId(new Date("2026-11-23T02:00:01Z"), "00000000");
-    expect(a).toBe("20261123T020000Z-ab12cd34");
+    expect(a).toBe("20261123T020000123Z-ab12cd34");
     expect(isRunId(a)).toBe(true);
     expect([b, a].sort()).toEqual([a, b]);
     expect(isRunId("../x")).toBe(false);

@@ -40,6 +40,7 @@ export class Importer {
     private readonly mailbox: MailboxApi,
     private readonly pacing: ImportPacing = EXCHANGE_ONLINE_IMPORT_PACING,
     private readonly log: Logger = silentLogger,
+    private readonly retryDelayMs = 1000,
   ) {}
 
   /**
@@ -55,8 +56,10 @@ export class Importer {
   ): Promise<ImportedItem> {
     const maxAttempts = options.maxAttempts ?? 6;
     let renewed = false;
+    // Exchange counts what goes over the wire: the JSON body with the item in base64.
+    const wireBytes = Math.ceil(size / 3) * 4 + 256;
     for (let attempt = 1; ; attempt++) {
-      await this.pace(mailboxId, size, options.signal);
+      await this.pace(mailboxId, wireBytes, options.signal);
       const session = await this.session(mailboxId, options.signal);
       let res: Response;
       try {
@@ -72,12 +75,12 @@ export class Importer {
         if (options.signal?.aborted || attempt >= maxAttempts) {
           throw new MailvaultError("remote", "ImportNetworkError", `the import upload failed: ${networkCause(e)}`, { retryable: true });
         }
-        await sleep(Math.min(30_000, 500 * 2 ** attempt), options.signal);
+        await sleep(Math.min(30_000, this.retryDelayMs * 2 ** (attempt - 1)), options.signal);
         continue;
       }
       const text = await res.text().catch(() => "");
       if (res.ok) {
-        this.record(mailboxId, size);
+        this.record(mailboxId, wireBytes);
         const body = safeJson(text) as { itemId?: unknown; changeKey?: unknown };
         if (typeof body.itemId !== "string") throw new GraphError(res.status, "InvalidImportResponse", "the import endpoint answered without an itemId");
         return { itemId: body.itemId, changeKey: typeof body.changeKey === "string" ? body.changeKey : undefined };
@@ -95,7 +98,7 @@ export class Importer {
         // Graph's message, never the URL: it carries the session's token.
         throw new GraphError(res.status, code, `import failed: ${(err.error?.message ?? `HTTP ${res.status}`).slice(0, 500)}`, { retryable });
       }
-      const wait = parseRetryAfter(res.headers.get("retry-after")) ?? 1000 * 2 ** attempt;
+      const wait = parseRetryAfter(res.headers.get("retry-after")) ?? this.retryDelayMs * 2 ** (attempt - 1);
       this.log.log("debug", "import throttled or failed; waiting", { status: res.status, waitMs: Math.round(wait) });
       await sleep(Math.min(wait, 5 * 60_000), options.signal);
     }

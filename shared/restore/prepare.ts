@@ -3,6 +3,9 @@ import { findMailbox, pickRun } from "../catalog";
 import { validateMailboxArg } from "../graph/mailboxApi";
 import type { Services } from "../services";
 import { makeRunId } from "../store/naming";
+import { InvalidInputError } from "../errors";
+import { readFolders } from "../backup/backupRun";
+import { readManifest } from "../backup/manifest";
 import type { RestoreRequest } from "./restoreRun";
 
 /** What a caller may ask of a restore (HTTP body, CLI flags), validated strictly. */
@@ -22,6 +25,17 @@ export async function prepareRestore(svc: Services, mailbox: string, body: Resto
   const source = await findMailbox(svc.store, validateMailboxArg(mailbox));
   const run = await pickRun(svc.store, source.mailboxId, body.run);
   if (body.target !== undefined) validateMailboxArg(body.target);
+  // Refuse now, with a clear message, what the run cannot give.
+  if (body.folders?.length) {
+    const known = new Set((await readFolders(svc, source.mailboxId, run.runId)).map((f) => f.id));
+    const missing = body.folders.filter((f) => !known.has(f));
+    if (missing.length) throw new InvalidInputError(`folder ${missing[0].slice(0, 60)} is not in run ${run.runId}`, "FolderNotInRun");
+  }
+  if (body.items?.length) {
+    const wanted = new Set(body.items);
+    for await (const l of readManifest(svc.store, run.manifest)) if ((l.status === "exported" || l.status === "unchanged") && l.path) wanted.delete(l.itemId);
+    if (wanted.size) throw new InvalidInputError(`${wanted.size} requested item(s) are not stored in run ${run.runId}, e.g. ${[...wanted][0].slice(0, 60)}`, "ItemNotInRun");
+  }
   return {
     restoreId: makeRunId(now, crypto.randomUUID().slice(0, 8)),
     sourceMailboxId: source.mailboxId,

@@ -196,7 +196,7 @@ export async function restorePage(svc: Services, r: RestoreRequest & { targetMai
   }
   let importer = importers.get(svc.mailbox);
   if (!importer) {
-    importer = new Importer(svc.mailbox, svc.limits.importPacing, svc.logger);
+    importer = new Importer(svc.mailbox, svc.limits.importPacing, svc.logger, svc.timing.importRetryDelayMs);
     importers.set(svc.mailbox, importer);
   }
   const result: RestorePageResult = { imported: 0, alreadyImported: 0, failed: 0, bytes: 0 };
@@ -233,7 +233,10 @@ function isFatalForPage(e: unknown): boolean {
   return code === "ImportNetworkError" || /^Http5|ServiceUnavailable|InternalServerError/.test(code) || (e as { status?: number }).status === 503;
 }
 
-export async function finishRestore(svc: Services, r: RestoreRequest & { targetMailboxId: string; startedAt: string; finishedAt: string; pageCount: number; items: number }): Promise<RestoreReport> {
+export async function finishRestore(
+  svc: Services,
+  r: RestoreRequest & { targetMailboxId: string; startedAt: string; finishedAt: string; pageCount: number; items: number; alreadyImported: number },
+): Promise<RestoreReport> {
   const report: RestoreReport = {
     formatVersion: FORMAT_VERSION,
     restoreId: r.restoreId,
@@ -243,8 +246,9 @@ export async function finishRestore(svc: Services, r: RestoreRequest & { targetM
     items: r.items,
     startedAt: r.startedAt,
     finishedAt: r.finishedAt,
+    // Imported over every attempt of this restore; alreadyImported of them by an earlier one.
     imported: 0,
-    alreadyImported: 0,
+    alreadyImported: r.alreadyImported,
     failed: 0,
     bytes: 0,
     failures: [],

@@ -63,11 +63,11 @@ export function summaryPath(mailboxId: string, runId: string): string {
   return `${runRoot(mailboxId, runId)}/summary.json`;
 }
 
-const RUN_ID = /^[0-9]{8}T[0-9]{6}Z-[a-z0-9]{4,32}$/;
+const RUN_ID = /^[0-9]{8}T[0-9]{9}Z-[a-z0-9]{4,32}$/;
 
-/** Run ids sort by start time: `20261123T021500Z-<suffix>`. */
+/** Run ids sort by start time, to the millisecond: `20261123T021500123Z-<suffix>`. */
 export function makeRunId(startedAt: Date, suffix: string): string {
-  const stamp = startedAt.toISOString().replace(/[-:]/g, "").replace(/\.\d{3}Z$/, "Z");
+  const stamp = startedAt.toISOString().replace(/[-:.]/g, "");
   const id = `${stamp}-${suffix.toLowerCase().replace(/[^a-z0-9]/g, "").slice(0, 12) || "run"}`;
   assertRunId(id);
   return id;

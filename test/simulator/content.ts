@@ -1,7 +1,9 @@
 /**
- * Deterministic item content. The simulator never stores item bytes: an item's bytes are the
- * AES-128-CTR keystream under a key derived from (mailboxId, itemId, changeKey), so any version of
- * any item can be regenerated (and hashed) on demand at several hundred MB/s, and every block differs.
+ * Deterministic item content. The simulator never stores generated item bytes: an item's bytes are
+ * the AES-128-CTR keystream under a key derived from (mailboxId, itemId, changeKey), so any version
+ * of any item can be regenerated (and hashed) on demand at several hundred MB/s, and every block
+ * differs. Only items created or updated through importItem keep their (imported) bytes in memory;
+ * `contentChunks` knows nothing about those (use `sim.itemContent` / `sim.sha256Of`).
  */
 import { createCipheriv, createHash } from "node:crypto";
 import { hashParts } from "./prng";
@@ -31,6 +33,12 @@ export function* contentChunks(key: ContentKey, chunkSize: number = CONTENT_CHUN
     yield cipher.update(zeros.subarray(0, n));
     left -= n;
   }
+}
+
+/** Yields a stored Buffer (an imported item's bytes) in chunks of `chunkSize` (views, no copies). */
+export function* bufferChunks(buf: Buffer, chunkSize: number = CONTENT_CHUNK): Generator<Buffer> {
+  if (!Number.isInteger(chunkSize) || chunkSize <= 0) throw new RangeError(`invalid chunk size ${chunkSize}`);
+  for (let off = 0; off < buf.length; off += chunkSize) yield buf.subarray(off, off + chunkSize);
 }
 
 /** The whole content as one Buffer (tests with small items only). */

@@ -1,12 +1,13 @@
 /**
  * The Graph side of the simulator: routing, auth, per-mailbox concurrency, faults, and the
- * handlers for users, exchange settings, folders, items, delta and exportItems.
+ * handlers for users, exchange settings, folders, items, delta and exportItems, plus the import
+ * surface (create folder, createImportSession, and the preauthenticated POST to `importUrl`).
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { randomBytes } from "node:crypto";
-import { contentChunks } from "./content";
 import type { FaultPlan } from "./faults";
 import { BodyAbort, BodyWriter, GraphError, JSON_CONTENT_TYPE, RequestContext, sleep } from "./http";
+import { ImportPacer, ImportSessions, isStrictBase64, type SessionRec } from "./imports";
 import type { FolderRec, ItemRec, MailboxState, SimModel, SimUser } from "./model";
 import type { RouteName, SimStats } from "./stats";
 
@@ -22,10 +23,18 @@ export interface GraphConfig {
   latencyMs: number | ((route: RouteName) => number);
   /** Pace each response body to this many bytes per second (undefined: as fast as possible). */
   bytesPerSecond: number | undefined;
-  /** Largest accepted exportItems request body. Default 1 MiB (larger: 413). */
+  /** Largest accepted exportItems / create-folder request body. Default 1 MiB (larger: 413). */
   maxRequestBodyBytes: number;
   /** Most ids per exportItems call. Default 20. */
   maxExportItems: number;
+  /** Lifetime of an import session (its `importUrl`). Default 1 hour. */
+  importSessionLifetimeMs: number;
+  /** Largest accepted importItem request body. Default 200 MiB (larger: 413). */
+  maxImportBodyBytes: number;
+  /** importItem upload budget per mailbox and window (request-body bytes). Default 150 MiB. */
+  importBytesPerWindow: number;
+  /** Length of the sliding upload window. Default 5 minutes. */
+  importWindowMs: number;
   /** Called for unexpected handler errors (default: console.error). */
   onError: (err: unknown) => void;
 }
@@ -41,7 +50,10 @@ type Target =
   | { route: "foldersDelta"; mbx: string }
   | { route: "items"; mbx: string; folderId: string; itemId: string | null }
   | { route: "itemsDelta"; mbx: string; folderId: string }
-  | { route: "exportItems"; mbx: string };
+  | { route: "exportItems"; mbx: string }
+  | { route: "createFolder"; mbx: string; parentId: string | null }
+  | { route: "createImportSession"; mbx: string }
+  | { route: "importItem"; mbx: string };
 
 type Json = Record<string, unknown>;
 
@@ -71,6 +83,12 @@ const DEFAULT_PAGE = 10;
 const MAX_PAGE = 1000;
 const MAX_ROUNDS = 2000;
 const NOT_FOUND_IN_STORE = "The specified object was not found in the store.";
+const MAX_FOLDER_NAME = 255;
+/** Folder classes: `IPF` or `IPF.` followed by dot-separated word segments (IPF.Note, IPF.Appointment...). */
+const FOLDER_CLASS = /^IPF(\.[A-Za-z0-9_-]+)*$/;
+/** Writable mailboxFolder properties on create (others, including read-only ones, are 400). */
+const CREATE_FOLDER_PROPS = new Set(["displayName", "type", "singleValueExtendedProperties", "multiValueExtendedProperties", "@odata.type"]);
+const POST_ROUTES: ReadonlySet<RouteName> = new Set<RouteName>(["exportItems", "createFolder", "createImportSession", "importItem"]);
 
 const DEFAULT_STATUS_CODES: Record<number, [string, string]> = {
   400: ["BadRequest", "Bad request."],
@@ -89,6 +107,10 @@ export class GraphHandler {
   private readonly inFlight = new Map<string, number>();
   private readonly rounds = new Map<string, Round>();
   private readonly deltaTokens = new Map<string, DeltaState>();
+  /** Import sessions (authtokens of importUrls). */
+  readonly importSessions = new ImportSessions();
+  /** Per-mailbox upload budget of importItem. */
+  readonly importPacer = new ImportPacer();
 
   constructor(
     private readonly model: SimModel,
@@ -132,26 +154,29 @@ export class GraphHandler {
   private async dispatch(ctx: RequestContext): Promise<void> {
     const { req } = ctx;
     const url = new URL(req.url ?? "/", "http://127.0.0.1");
+    const method = req.method ?? "GET";
     let parsed: { version: Version; target: Target } | GraphError;
     try {
-      parsed = this.parse(url.pathname);
+      parsed = this.parse(url.pathname, method);
     } catch (e) {
       if (!(e instanceof GraphError)) throw e;
       parsed = e;
     }
     if (!(parsed instanceof GraphError)) this.stats.requests[parsed.target.route]++;
-    this.checkAuth(req);
+    // importUrl is preauthenticated: its authtoken counts, any Authorization header is ignored.
+    let session: SessionRec | undefined;
+    if (!(parsed instanceof GraphError) && parsed.target.route === "importItem") session = this.checkImportToken(url, parsed.target.mbx);
+    else this.checkAuth(req);
     if (parsed instanceof GraphError) throw parsed;
     const { version, target } = parsed;
-    const method = req.method ?? "GET";
-    const wanted = target.route === "exportItems" ? "POST" : "GET";
+    const wanted = POST_ROUTES.has(target.route) ? "POST" : "GET";
     if (method !== wanted) throw new GraphError(405, "Request_BadRequest", `The HTTP method '${method}' is not allowed for this resource.`);
 
     // Mailbox-scoped routes: resolve the mailbox, then admit against the per-mailbox concurrency limit.
     let mbx: MailboxState | undefined;
     let faultMailbox: string | null = null;
     if ("mbx" in target) {
-      mbx = this.model.mailboxes.get(target.mbx.toLowerCase());
+      mbx = this.model.mailboxes.get((session?.mailboxId ?? target.mbx).toLowerCase());
       if (!mbx) throw new GraphError(404, "ErrorMailboxNotFound", `The mailbox '${target.mbx}' was not found.`);
       faultMailbox = mbx.mailboxId;
       this.admit(ctx, mbx);
@@ -173,7 +198,7 @@ export class GraphHandler {
       throw new GraphError(st.status, st.code ?? defCode, st.message ?? defMessage, headers);
     }
 
-    const base = `${this.baseUrl()}/${version}`;
+    const base = target.route === "importItem" ? `${this.baseUrl()}/api/g${version}` : `${this.baseUrl()}/${version}`;
     const page = new Page(ctx, url, base, target.route, faultMailbox, this);
     switch (target.route) {
       case "users":
@@ -190,10 +215,16 @@ export class GraphHandler {
         return this.delta(page, mbx as MailboxState, "items", target.folderId);
       case "exportItems":
         return this.exportItems(ctx, page, mbx as MailboxState);
+      case "createFolder":
+        return this.createFolder(ctx, page, mbx as MailboxState, target.parentId);
+      case "createImportSession":
+        return this.createImportSession(page, version, mbx as MailboxState);
+      case "importItem":
+        return this.importItem(ctx, page, mbx as MailboxState);
     }
   }
 
-  private parse(pathname: string): { version: Version; target: Target } {
+  private parse(pathname: string, method: string): { version: Version; target: Target } {
     let segs: string[];
     try {
       segs = pathname.split("/").slice(1).map((s) => decodeURIComponent(s));
@@ -201,6 +232,15 @@ export class GraphHandler {
       throw new GraphError(400, "BadRequest", "Invalid URL encoding.");
     }
     if (segs.length > 0 && segs[segs.length - 1] === "") segs.pop();
+    if (segs[0]?.toLowerCase() === "api") {
+      // importUrl: /api/gv1.0/Mailboxes('<mbx>')/importItem (gbeta on beta)
+      const v = segs[1]?.toLowerCase();
+      const m = /^mailboxes\('(.+)'\)$/i.exec(segs[2] ?? "");
+      if ((v === "gv1.0" || v === "gbeta") && m && segs.length === 4 && segs[3].toLowerCase() === "importitem") {
+        return { version: v === "gv1.0" ? "v1.0" : "beta", target: { route: "importItem", mbx: m[1] } };
+      }
+      throw new GraphError(400, "BadRequest", "Resource not found for the segment.");
+    }
     const [ver, ...rest] = segs;
     if (ver !== "v1.0" && ver !== "beta") throw new GraphError(400, "BadRequest", `Invalid version: ${ver ?? ""}`);
     const lc = rest.map((s) => s.toLowerCase());
@@ -218,13 +258,15 @@ export class GraphHandler {
     const l = lc.slice(4);
     const t = (target: Target): { version: Version; target: Target } => ({ version: ver, target });
     if (l.length === 1 && l[0] === "exportitems") return t({ route: "exportItems", mbx });
+    if (l.length === 1 && l[0] === "createimportsession") return t({ route: "createImportSession", mbx });
     if (l[0] !== "folders") throw bad();
-    if (l.length === 1) return t({ route: "folders", mbx, op: "rootChildren" });
+    const post = method === "POST";
+    if (l.length === 1) return t(post ? { route: "createFolder", mbx, parentId: null } : { route: "folders", mbx, op: "rootChildren" });
     if (l.length === 2 && isDelta(l[1])) return t({ route: "foldersDelta", mbx });
     const folderId = r[1];
     if (l.length === 2) return t({ route: "folders", mbx, op: "get", folderId });
     if (l[2] === "childfolders") {
-      if (l.length === 3) return t({ route: "folders", mbx, op: "children", folderId });
+      if (l.length === 3) return t(post ? { route: "createFolder", mbx, parentId: folderId } : { route: "folders", mbx, op: "children", folderId });
       if (l.length === 4 && isDelta(l[3])) throw new GraphError(501, "NotImplemented", "childFolders/delta is not implemented by the simulator; use folders/delta.");
       if (l.length === 4) return t({ route: "folders", mbx, op: "child", folderId, childId: r[3] });
       throw bad();
@@ -243,6 +285,20 @@ export class GraphHandler {
     if (!h) throw new GraphError(401, "InvalidAuthenticationToken", "Access token is empty.", headers);
     const m = /^Bearer\s+(.+)$/i.exec(h);
     if (!m || m[1].trim() !== this.config.token) throw new GraphError(401, "InvalidAuthenticationToken", "Access token validation failure. Invalid audience or signature.", headers);
+  }
+
+  /** The import session of an importUrl request (401 InvalidAuthenticationToken if unknown, expired or for another mailbox). */
+  private checkImportToken(url: URL, pathMailbox: string): SessionRec {
+    const token = url.searchParams.get("authtoken");
+    if (token === null || token === "") throw new GraphError(401, "InvalidAuthenticationToken", "The import session token is missing.");
+    const s = this.importSessions.get(token);
+    if (!s || s.mailboxId.toLowerCase() !== pathMailbox.toLowerCase()) {
+      throw new GraphError(401, "InvalidAuthenticationToken", "The import session token is invalid. Create a new import session.");
+    }
+    if (Date.now() >= s.expiresAt) {
+      throw new GraphError(401, "InvalidAuthenticationToken", "The import session has expired. Create a new import session.");
+    }
+    return s;
   }
 
   private admit(ctx: RequestContext, mbx: MailboxState): void {
@@ -532,8 +588,7 @@ export class GraphHandler {
 
   // ---- exportItems ---------------------------------------------------------------------------
 
-  private async readBody(ctx: RequestContext): Promise<Buffer> {
-    const limit = this.config.maxRequestBodyBytes;
+  private async readBody(ctx: RequestContext, limit: number = this.config.maxRequestBodyBytes): Promise<Buffer> {
     const tooLarge = (): GraphError =>
       new GraphError(413, "RequestEntityTooLarge", `The request body exceeds the maximum of ${limit} bytes.`, { Connection: "close" });
     const declared = Number(ctx.req.headers["content-length"] ?? NaN);
@@ -602,10 +657,9 @@ export class GraphHandler {
         continue;
       }
       const corrupt = this.faults.take("invalidBase64", "exportItems", mbx.mailboxId, id);
-      const key = { mailboxId: mbx.mailboxId, itemId: rec.id, changeKey: rec.changeKey, size: rec.size };
       await w.write(enc(`${sep}{"itemId":${JSON.stringify(id)},"changeKey":${JSON.stringify(rec.changeKey)},"data":"`));
       let first = true;
-      for (const chunk of contentChunks(key)) {
+      for (const chunk of this.model.itemChunks(mbx, rec)) {
         let s = chunk.toString("base64");
         if (corrupt && first) s = `${s.slice(0, 4)}!*~${s.slice(7)}`;
         first = false;
@@ -619,6 +673,153 @@ export class GraphHandler {
     await w.write(enc("]}"));
     await w.end();
   }
+
+  // ---- import surface ------------------------------------------------------------------------
+
+  private requireJson(ctx: RequestContext): void {
+    const ct = ctx.req.headers["content-type"] ?? "";
+    if (!/^application\/json\b/i.test(ct)) {
+      throw new GraphError(415, "UnsupportedMediaType", "The request must have Content-Type: application/json.");
+    }
+  }
+
+  private parseJsonObject(raw: Buffer): Json {
+    let body: unknown;
+    try {
+      body = JSON.parse(raw.toString("utf8"));
+    } catch {
+      throw new GraphError(400, "BadRequest", "Unable to read JSON request payload. Please ensure Content-Type header is set and payload is of valid JSON format.");
+    }
+    if (typeof body !== "object" || body === null || Array.isArray(body)) throw invalid("The request body must be a JSON object.");
+    return body as Json;
+  }
+
+  /** POST …/folders (parent: msgfolderroot) or …/folders/{parentId}/childFolders. */
+  private async createFolder(ctx: RequestContext, page: Page, mbx: MailboxState, parentId: string | null): Promise<void> {
+    this.requireJson(ctx);
+    const body = this.parseJsonObject(await this.readBody(ctx));
+    const parent = this.folderOr404(mbx, parentId ?? mbx.rootId);
+    for (const k of Object.keys(body)) {
+      if (!CREATE_FOLDER_PROPS.has(k)) throw invalid(`The property '${k}' does not exist or cannot be set on type 'microsoft.graph.mailboxFolder'.`);
+    }
+    const name = body.displayName;
+    if (name === undefined || name === null) throw invalid("The property 'displayName' is required.");
+    if (typeof name !== "string") throw invalid("The property 'displayName' must be a string.");
+    if (name.trim() === "") throw invalid("The property 'displayName' must not be empty.");
+    if (name.length > MAX_FOLDER_NAME) throw invalid(`The property 'displayName' exceeds the maximum length of ${MAX_FOLDER_NAME} characters.`);
+    let type = "IPF.Note";
+    if (body.type !== undefined) {
+      if (typeof body.type !== "string" || !FOLDER_CLASS.test(body.type)) {
+        throw invalid(`The property 'type' must be a folder class such as 'IPF.Note', 'IPF.Appointment', 'IPF.Contact' or 'IPF.Task'.`);
+      }
+      type = body.type;
+    }
+    for (const k of ["singleValueExtendedProperties", "multiValueExtendedProperties"]) {
+      if (body[k] !== undefined && !Array.isArray(body[k])) throw invalid(`The property '${k}' must be a collection.`);
+    }
+    const lower = name.toLowerCase();
+    for (const c of parent.children) {
+      if (mbx.folders.get(c)?.displayName.toLowerCase() === lower) {
+        throw new GraphError(409, "ErrorFolderExists", "A folder with the specified name already exists.");
+      }
+    }
+    const rec = this.model.addFolder(mbx, { parentFolderId: parent.id, displayName: name, type });
+    ctx.res.setHeader("Location", `${this.mailboxPath(page, mbx)}/folders/${encodeURIComponent(rec.id)}`);
+    await page.json({ "@odata.context": this.contextOf(page, mbx, "folders/$entity"), ...this.renderFolder(page, mbx, rec) }, 201);
+  }
+
+  /** POST …/createImportSession (no body). */
+  private async createImportSession(page: Page, version: Version, mbx: MailboxState): Promise<void> {
+    const s = this.importSessions.create(
+      mbx.mailboxId,
+      version,
+      this.config.importSessionLifetimeMs,
+      (token) => `${this.baseUrl()}/api/g${version}/Mailboxes('${encodeURIComponent(mbx.mailboxId)}')/importItem?authtoken=${token}`,
+    );
+    await page.json({
+      "@odata.context": `${page.base}/$metadata#microsoft.graph.mailboxItemImportSession`,
+      importUrl: s.importUrl,
+      expirationDateTime: new Date(s.expiresAt).toISOString(),
+    });
+  }
+
+  /** POST {importUrl}: one item, create or update. */
+  private async importItem(ctx: RequestContext, page: Page, mbx: MailboxState): Promise<void> {
+    this.requireJson(ctx);
+    const raw = await this.readBody(ctx, this.config.maxImportBodyBytes);
+
+    // Upload budget: every body that got this far is charged with its length.
+    const waitMs = this.importPacer.tryCharge(mbx.mailboxId.toLowerCase(), raw.length, this.config.importBytesPerWindow, this.config.importWindowMs);
+    if (waitMs !== null) {
+      this.stats.importThrottled++;
+      const secs = Math.max(1, Math.ceil(waitMs / 1000));
+      throw new GraphError(
+        429,
+        "ApplicationThrottled",
+        `Application is over its mailbox import upload limit (${this.config.importBytesPerWindow} bytes per ${Math.round(this.config.importWindowMs / 1000)} s). Retry after ${secs} s.`,
+        { "Retry-After": String(secs) },
+      );
+    }
+
+    const body = this.parseJsonObject(raw);
+    const str = (k: string): string | undefined => {
+      const v = body[k];
+      if (v === undefined || v === null) return undefined;
+      if (typeof v !== "string") throw invalid(`The property '${k}' must be a string.`);
+      return v;
+    };
+    const folderId = str("FolderId");
+    const modeRaw = str("Mode");
+    const data = str("Data");
+    const itemId = str("ItemId");
+    const changeKey = str("ChangeKey");
+    if (folderId === undefined || folderId === "") throw invalid("The property 'FolderId' is required.");
+    if (modeRaw === undefined) throw invalid("The property 'Mode' is required ('create' or 'update').");
+    const mode = modeRaw.toLowerCase();
+    if (mode !== "create" && mode !== "update") throw invalid(`Invalid Mode '${modeRaw}': expected 'create' or 'update'.`);
+    if (data === undefined || data === "") throw invalid("The property 'Data' is required.");
+    if (mode === "create" && (itemId !== undefined || changeKey !== undefined)) {
+      throw invalid("ItemId and ChangeKey must not be specified when Mode is 'create'.");
+    }
+    if (mode === "update" && (itemId === undefined || itemId === "" || changeKey === undefined || changeKey === "")) {
+      throw invalid("ItemId and ChangeKey are required when Mode is 'update'.");
+    }
+    if (!isStrictBase64(data)) throw invalid("The property 'Data' is not a valid base64 string.");
+
+    const folder = mbx.folders.get(folderId);
+    if (!folder) {
+      for (const other of this.model.mailboxes.values()) {
+        if (other !== mbx && other.folders.has(folderId)) {
+          throw new GraphError(409, "ErrorInvalidImportSession", `Invalid import session. The target session is expected in mailbox ${other.mailboxId}.`);
+        }
+      }
+      throw new GraphError(404, "ErrorItemNotFound", "The specified folder could not be found in the store.");
+    }
+    let rec: ItemRec;
+    const bytes = Buffer.from(data, "base64");
+    if (mode === "update") {
+      const cur = mbx.items.get(itemId as string);
+      if (!cur || cur.folderId !== folder.id) throw new GraphError(404, "ErrorItemNotFound", NOT_FOUND_IN_STORE);
+      if (cur.changeKey !== changeKey) {
+        throw new GraphError(409, "ErrorIrresolvableConflict", "The change key passed in the request does not match the current change key for the item.");
+      }
+      rec = this.model.importUpdate(mbx, cur.id, bytes);
+    } else {
+      rec = this.model.importCreate(mbx, folder.id, bytes);
+    }
+    this.stats.importedItems++;
+    this.stats.importedBytes += bytes.length;
+    await page.json({
+      "@odata.context": `${page.base}/$metadata#microsoft.graph.importMailboxItemResponse`,
+      itemId: rec.id,
+      changeKey: rec.changeKey,
+    });
+  }
+}
+
+/** 400 ErrorInvalidRequest */
+function invalid(message: string): GraphError {
+  return new GraphError(400, "ErrorInvalidRequest", message);
 }
 
 function userNotFound(id: string): GraphError {
@@ -697,11 +898,11 @@ class Page {
     await this.json(body);
   }
 
-  async json(body: Json): Promise<void> {
+  async json(body: Json, status = 200): Promise<void> {
     const res = this.ctx.res;
     const w = this.handler.bodyWriter(res, this.route, this.mailboxId);
     const buf = Buffer.from(JSON.stringify(body), "utf8");
-    res.statusCode = 200;
+    res.statusCode = status;
     res.setHeader("Content-Type", JSON_CONTENT_TYPE);
     if (w.plain) res.setHeader("Content-Length", buf.length);
     await w.write(buf);

@@ -1,8 +1,10 @@
 /**
  * ExchangeSimulator: a real HTTP server on 127.0.0.1 speaking the Microsoft Graph mailbox
- * import/export JSON shapes (users, exchange settings, folders, items, delta, exportItems), with
- * per-mailbox concurrency limits, latency, fault injection and stats. Item bytes are generated
- * deterministically from (mailboxId, itemId, changeKey) and never stored.
+ * import/export JSON shapes (users, exchange settings, folders, items, delta, exportItems, folder
+ * creation, createImportSession and the POST to importUrl), with per-mailbox concurrency limits,
+ * an import upload budget, latency, fault injection and stats. Item bytes are generated
+ * deterministically from (mailboxId, itemId, changeKey) and never stored, except for versions
+ * created by importItem, whose exact bytes are kept in memory.
  *
  * Point the product at it with GRAPH_ENDPOINT=sim.url, GRAPH_API_VERSION=v1.0 (or beta) and the
  * bearer token sim.token (see `sim.env()`).
@@ -10,10 +12,11 @@
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { randomBytes } from "node:crypto";
-import { CONTENT_CHUNK, contentChunks, contentSha256, type ContentKey } from "./content";
+import { contentSha256, type ContentKey } from "./content";
 import { FaultPlan } from "./faults";
 import { GraphHandler, type GraphConfig } from "./graph";
-import { SimModel, type MailboxState, type SimFolder, type SimItem, type SimMailbox, type SimUser } from "./model";
+import type { ImportUsage, SimImportSession } from "./imports";
+import { SimModel, type MailboxState, type SimFolder, type SimImportedItem, type SimItem, type SimMailbox, type SimUser } from "./model";
 import { derivedGuid } from "./prng";
 import { SimStats, type RouteName } from "./stats";
 
@@ -21,7 +24,8 @@ export { FaultPlan } from "./faults";
 export type { ActiveFault, FaultFiring, FaultKind, FaultMatch, FaultRoute, FaultRule } from "./faults";
 export { SimStats } from "./stats";
 export type { RouteName } from "./stats";
-export type { SimFolder, SimItem, SimMailbox, SimUser, WellKnownName } from "./model";
+export type { SimFolder, SimImportedItem, SimItem, SimMailbox, SimUser, WellKnownName } from "./model";
+export type { ImportUsage, SimImportSession } from "./imports";
 export { WELL_KNOWN_FOLDERS } from "./model";
 export { contentChunks, contentSha256, CONTENT_CHUNK } from "./content";
 export type { ContentKey } from "./content";
@@ -44,10 +48,18 @@ export interface SimulatorOptions {
   latencyMs?: number | ((route: RouteName) => number);
   /** Pace every response body to this many bytes/second. Default: unpaced. */
   bytesPerSecond?: number;
-  /** Largest exportItems request body (default 1 MiB; larger: 413). */
+  /** Largest exportItems / create-folder request body (default 1 MiB; larger: 413). */
   maxRequestBodyBytes?: number;
   /** Most ids per exportItems call (default 20). */
   maxExportItems?: number;
+  /** Lifetime of an import session's importUrl (default 1 hour). */
+  importSessionLifetimeMs?: number;
+  /** Largest importItem request body (default 200 MiB; larger: 413). */
+  maxImportBodyBytes?: number;
+  /** importItem upload budget per mailbox per window, in request-body bytes (default 150 MiB). */
+  importBytesPerWindow?: number;
+  /** The upload budget's sliding window (default 5 minutes). */
+  importWindowMs?: number;
   /** Handler errors (simulator bugs) go here; default console.error. */
   onError?: (err: unknown) => void;
 }
@@ -101,6 +113,10 @@ export class ExchangeSimulator {
       bytesPerSecond: options.bytesPerSecond,
       maxRequestBodyBytes: options.maxRequestBodyBytes ?? 1024 * 1024,
       maxExportItems: options.maxExportItems ?? 20,
+      importSessionLifetimeMs: options.importSessionLifetimeMs ?? 60 * 60 * 1000,
+      maxImportBodyBytes: options.maxImportBodyBytes ?? 200 * 1024 * 1024,
+      importBytesPerWindow: options.importBytesPerWindow ?? 150 * 1024 * 1024,
+      importWindowMs: options.importWindowMs ?? 5 * 60 * 1000,
       onError: options.onError ?? ((err) => console.error("ExchangeSimulator:", err)),
     };
     let url = "";
@@ -253,10 +269,11 @@ export class ExchangeSimulator {
     return out;
   }
 
-  /** The current version's exact bytes, streamed in chunks (64 KiB by default). */
+  /** The current version's exact bytes (imported bytes for imported versions), streamed in chunks (64 KiB by default). */
   async *itemContent(mailboxId: string, itemId: string, chunkSize: number = 64 * 1024): AsyncIterable<Buffer> {
-    const key = this.contentKey(mailboxId, itemId);
-    for (const chunk of contentChunks(key, chunkSize)) yield chunk;
+    const m = this.mbx(mailboxId);
+    const rec = this.model.item(m, itemId);
+    for (const chunk of this.model.itemChunks(m, rec, chunkSize)) yield chunk;
   }
 
   /** sha256 (lowercase hex) of the current version's bytes (computed by streaming, cached). */
@@ -264,8 +281,10 @@ export class ExchangeSimulator {
     return this.sha256Of(this.contentKey(mailboxId, itemId));
   }
 
-  /** sha256 of any version (e.g. one recorded before a modifyItem). */
+  /** sha256 of any version (e.g. one recorded before a modifyItem), imported versions included. */
   sha256Of(key: ContentKey): string {
+    const imported = this.model.findMailbox(key.mailboxId)?.importedShas.get(`${key.itemId}\0${key.changeKey}`);
+    if (imported !== undefined) return imported;
     const k = `${key.mailboxId}\0${key.itemId}\0${key.changeKey}\0${key.size}`;
     let h = this.shaCache.get(k);
     if (h === undefined) {
@@ -280,6 +299,38 @@ export class ExchangeSimulator {
     const m = this.mbx(mailboxId);
     const i = this.model.item(m, itemId);
     return { mailboxId: m.mailboxId, itemId: i.id, changeKey: i.changeKey, size: i.size };
+  }
+
+  // ---- import ------------------------------------------------------------------------------
+
+  /** Successful importItem calls into the mailbox (create and update), in call order. */
+  importedItems(mailboxId: string): SimImportedItem[] {
+    return [...this.mbx(mailboxId).importLog];
+  }
+
+  /** Import sessions created for the mailbox (expired ones included, flagged). */
+  importSessions(mailboxId: string): SimImportSession[] {
+    return this.graph.importSessions.list(this.mbx(mailboxId).mailboxId);
+  }
+
+  /** Expires every current import session of the mailbox (their importUrls now get 401); returns how many. */
+  expireImportSessions(mailboxId: string): number {
+    return this.graph.importSessions.expireAll(this.mbx(mailboxId).mailboxId);
+  }
+
+  /** Request-body bytes charged against the mailbox's import upload budget in the current window. */
+  importUsage(mailboxId: string): ImportUsage {
+    const m = this.mbx(mailboxId);
+    return {
+      bytesInWindow: this.graph.importPacer.used(m.mailboxId.toLowerCase(), this.config.importWindowMs),
+      budgetBytes: this.config.importBytesPerWindow,
+      windowMs: this.config.importWindowMs,
+    };
+  }
+
+  /** Forgets the upload budget usage of one mailbox (or of all). */
+  resetImportPacing(mailboxId?: string): void {
+    this.graph.importPacer.reset(mailboxId === undefined ? undefined : this.mbx(mailboxId).mailboxId.toLowerCase());
   }
 
   /** Requests currently in flight for a mailbox. */

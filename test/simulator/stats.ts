@@ -1,9 +1,30 @@
 /** Counters the tests and benchmarks assert on. Reset with `sim.resetStats()`. */
 
 /** The Graph routes the simulator serves (also the route names of fault rules). */
-export type RouteName = "settings" | "users" | "folders" | "foldersDelta" | "items" | "itemsDelta" | "exportItems";
+export type RouteName =
+  | "settings"
+  | "users"
+  | "folders"
+  | "foldersDelta"
+  | "items"
+  | "itemsDelta"
+  | "exportItems"
+  | "createFolder"
+  | "createImportSession"
+  | "importItem";
 
-export const ROUTE_NAMES: readonly RouteName[] = ["settings", "users", "folders", "foldersDelta", "items", "itemsDelta", "exportItems"];
+export const ROUTE_NAMES: readonly RouteName[] = [
+  "settings",
+  "users",
+  "folders",
+  "foldersDelta",
+  "items",
+  "itemsDelta",
+  "exportItems",
+  "createFolder",
+  "createImportSession",
+  "importItem",
+];
 
 export class SimStats {
   /** Requests per route (counted on arrival, whatever the outcome; unroutable requests are not counted here). */
@@ -30,6 +51,12 @@ export class SimStats {
   faultsFired: Record<string, number> = {};
   /** Response body bytes written (headers not included). */
   bytesSent = 0;
+  /** Successful importItem calls (create and update). */
+  importedItems = 0;
+  /** Decoded `Data` bytes of successful importItem calls. */
+  importedBytes = 0;
+  /** importItem 429s caused by the upload budget (`importBytesPerWindow` per `importWindowMs`). */
+  importThrottled = 0;
 
   /** 429s by cause. */
   get throttled(): { concurrency: number; injected: number } {
@@ -56,6 +83,9 @@ export class SimStats {
     this.throttledByFault = 0;
     this.faultsFired = {};
     this.bytesSent = 0;
+    this.importedItems = 0;
+    this.importedBytes = 0;
+    this.importThrottled = 0;
   }
 }
 

@@ -10,6 +10,7 @@ import { LocalItemStore } from "../../shared/store/localItemStore";
 import { BlobItemStore } from "../../shared/store/blobItemStore";
 import { readManifest, type ManifestLine } from "../../shared/backup/manifest";
 import type { ExchangeSimulator } from "../simulator";
+import type { ImportPacing } from "../../shared/restore/importer";
 
 /** Test wiring: the real app on the local host, pointed at the simulator and a real store. */
 
@@ -34,7 +35,7 @@ export interface TestApp {
 export async function startTestApp(
   sim: ExchangeSimulator,
   store: ItemStore,
-  options: { env?: Record<string, string>; functionKey?: string; logger?: Logger; maxEventsPerEpisode?: number } = {},
+  options: { env?: Record<string, string>; functionKey?: string; logger?: Logger; maxEventsPerEpisode?: number; importPacing?: ImportPacing } = {},
 ): Promise<TestApp> {
   const logs: string[] = [];
   const services = createServices(
@@ -42,7 +43,8 @@ export async function startTestApp(
     {
       store,
       logger: options.logger ?? lineLogger((l) => logs.push(l), "debug"),
-      timing: { graphBaseRetryDelayMs: 5, graphMaxRetryDelayMs: 50, exportRetryDelayMs: 5 },
+      timing: { graphBaseRetryDelayMs: 5, graphMaxRetryDelayMs: 50, exportRetryDelayMs: 5, importRetryDelayMs: 5 },
+      importPacing: options.importPacing,
     },
   );
   // Durable retry intervals (seconds in production) pass 1,000 times faster here.
