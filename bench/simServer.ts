@@ -11,6 +11,9 @@ interface Spec {
   latencyMs: number;
   /** Latency of exportItems calls (the throttle-bound figure's per-call latency). */
   exportLatencyMs: number;
+  /** Upload budget of import sessions (scaled down from Exchange's 150 MB per 5 minutes). */
+  importBytesPerWindow?: number;
+  importWindowMs?: number;
   mailboxes: Array<{ upn: string; folders: number; items: number; sizes: "realistic" | "tiny" | "fixed"; fixedSize?: number }>;
 }
 
@@ -27,6 +30,7 @@ async function main(): Promise<void> {
   const sim = await ExchangeSimulator.start({
     seed: spec.seed,
     latencyMs: (route) => (route === "exportItems" ? spec.exportLatencyMs : spec.latencyMs),
+    ...(spec.importBytesPerWindow ? { importBytesPerWindow: spec.importBytesPerWindow, importWindowMs: spec.importWindowMs } : {}),
   });
   const mailboxes = spec.mailboxes.map((m, k) => {
     const mbx = sim.generateMailbox({
@@ -47,7 +51,7 @@ async function main(): Promise<void> {
   // Stats on request: a line "stats" on stdin prints the simulator's counters.
   process.stdin.on("data", (d: Buffer) => {
     if (d.toString().includes("stats")) {
-      process.stdout.write(JSON.stringify({ stats: { exportItemsCalls: sim.stats.exportItemsCalls, throttledByConcurrency: sim.stats.throttledByConcurrency, totalRequests: sim.stats.totalRequests, requests: sim.stats.requests, maxInFlight: Object.fromEntries(sim.stats.maxInFlight) } }) + "\n");
+      process.stdout.write(JSON.stringify({ stats: { importThrottled: sim.stats.importThrottled, importedItems: sim.stats.importedItems, exportItemsCalls: sim.stats.exportItemsCalls, throttledByConcurrency: sim.stats.throttledByConcurrency, totalRequests: sim.stats.totalRequests, requests: sim.stats.requests, maxInFlight: Object.fromEntries(sim.stats.maxInFlight) } }) + "\n");
       sim.resetStats();
     }
   });
