@@ -122,4 +122,21 @@ describe("faults", () => {
     expect(sim.faults.pending).toHaveLength(0);
     await expectComplete(store, mbx, s, 80);
   });
+
+  it("a missing permission fails every item with the reason, quickly, instead of retrying forever", async () => {
+    sim.generateMailbox({ upn: "noperm@contoso.com", folders: 2, items: 45, seed: 4, size: () => 1000 });
+    const { store, cleanup } = await tempStore();
+    cleanups.push(cleanup);
+    sim.resetStats();
+    sim.faults.add({ route: "exportItems", kind: "status", status: 403, code: "ErrorAccessDenied", message: "Access is denied. Check credentials and try again.", times: Infinity });
+    try {
+      const s = await backup(store, "noperm@contoso.com");
+      expect(s).toMatchObject({ exported: 0, failed: 45 });
+      expect(s.failures[0].error.code).toBe("ErrorAccessDenied");
+      // One call per batch, no split into single items: 45 items = 3 calls.
+      expect(sim.stats.requests.exportItems).toBe(3);
+    } finally {
+      sim.faults.clear();
+    }
+  });
 });

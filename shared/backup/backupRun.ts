@@ -327,7 +327,9 @@ export async function exportPlanned(svc: Services, input: ExportPlannedInput, si
   const items = input.itemIndex === undefined ? batch : [batch[input.itemIndex]].filter(Boolean);
   if (items.length === 0) throw new InvalidInputError(`batch ${input.batchNo} has no item ${input.itemIndex}`);
   const outcomes = await exportBatch({ mailbox: svc.mailbox, store: svc.store, logger: svc.logger }, { mailboxId: input.mailboxId, items }, { signal, retryDelayMs: svc.timing.exportRetryDelayMs });
-  const callFailures = outcomes.filter((o) => o.status === "failed" && o.scope === "call");
+  // Only failures that splitting could cure: a whole-call answer that asking again will not change
+  // (no permission, token rejected) is recorded for every item instead of churning through retries.
+  const callFailures = outcomes.filter((o) => o.status === "failed" && o.scope === "call" && o.retryable);
   if (items.length > 1 && callFailures.length > 0) {
     // The call itself kept failing: let Durable retry the batch, then split it so that one poison item
     // cannot take nineteen good ones down with it. Items already stored are kept and found again.

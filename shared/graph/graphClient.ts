@@ -252,7 +252,8 @@ function toGraphError(status: number, body: string, requestId: string | undefine
   } catch {
     /* not JSON: keep the generic message */
   }
-  return new GraphError(status, code, message, { requestId, retryable: RETRY_STATUS.has(status) || status === 401 });
+  // A 401 that survived the token refresh, a 403 (missing permission), a 404: asking again will not help.
+  return new GraphError(status, code, message, { requestId, retryable: RETRY_STATUS.has(status) });
 }
 
 /** A URL for messages: path only, no query (skip/delta tokens are long and may be sensitive). */
