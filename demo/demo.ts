@@ -7,7 +7,10 @@
  *     durable-functions replay engine), storing into a local folder;
  *  3. backs up both mailboxes through the app's HTTP trigger, exactly as a caller would in Azure
  *     (POST /api/mailboxes/{mailbox}/backups with a function key), and follows the status URL;
- *  4. verifies every stored item against its manifest and prints where to look.
+ *  4. verifies every stored item against its manifest;
+ *  5. changes a few items and backs up again: only the changes are exported (incremental);
+ *  6. restores one mailbox's latest run into the other mailbox, under a new folder, through the
+ *     restore trigger, and checks the imported bytes; then prints where to look.
  */
 import { resolve } from "node:path";
 import { startLocalApp } from "../cli/localRun";
@@ -38,6 +41,11 @@ async function main(): Promise<void> {
   say(`app running on the local durable host at ${app.host.baseUrl}, storing into ${STORE_DIR}`);
 
   const summaries: RunSummary[] = [];
+  const post = async (path: string, body: unknown) => {
+    const res = await fetch(`${app.host.baseUrl}${path}`, { method: "POST", headers: { "x-functions-key": FUNCTION_KEY, "content-type": "application/json" }, body: JSON.stringify(body) });
+    if (res.status !== 202) throw new Error(`POST ${path} answered ${res.status}: ${await res.text()}`);
+    return (await res.json()) as { id: string; statusQueryGetUri: string };
+  };
   try {
     await Promise.all(
       mailboxes.map(async (m) => {
@@ -49,22 +57,44 @@ async function main(): Promise<void> {
         summaries.push(await follow(check.statusQueryGetUri, m.upn));
       }),
     );
+    say("");
+    say("mailbox                        exported  failed  size       manifest");
+    for (const s of summaries) {
+      say(`${s.mailbox.padEnd(30)} ${String(s.exported).padStart(8)}  ${String(s.failed).padStart(6)}  ${formatBytes(s.bytes).padEnd(9)}  ${s.manifest}`);
+    }
+    for (const s of summaries) {
+      const run = await pickRun(store, s.mailboxId, s.runId);
+      const report = await verifyRun(store, { mailboxId: s.mailboxId, runId: s.runId, manifest: run.manifest });
+      say(`verified ${s.mailbox}: ${report.ok}/${report.checked} items match their sha256, ${report.problems.length} problems`);
+      if (report.problems.length) process.exitCode = 1;
+    }
+
+    // Incremental: change a few items, back up again.
+    const [adele, alex] = mailboxes;
+    const items = sim.listItems(adele.mailboxId);
+    sim.modifyItem(adele.mailboxId, items[0].id);
+    sim.modifyItem(adele.mailboxId, items[1].id);
+    sim.addItem(adele.mailboxId, adele.wellKnownFolders.inbox, { size: 12_345 });
+    sim.deleteItem(adele.mailboxId, items[2].id);
+    say("");
+    say(`changed ${adele.upn}: 2 items modified, 1 added, 1 deleted; backing up again`);
+    const again = await follow((await post(`/api/mailboxes/${encodeURIComponent(adele.upn)}/backups`, {})).statusQueryGetUri, adele.upn);
+    say(`incremental run ${again.runId}: ${again.exported} exported, ${again.unchanged} unchanged, ${again.deleted} deleted`);
+
+    // Restore Adele's latest run into Alex's mailbox, under a new folder.
+    say("");
+    const restore = await post(`/api/mailboxes/${encodeURIComponent(adele.upn)}/restores`, { target: alex.upn, targetFolderName: "Restored from Adele" });
+    const report = (await follow(restore.statusQueryGetUri, `restore into ${alex.upn}`)) as unknown as { imported: number; failed: number; items: number };
+    const imported = sim.importedItems(alex.mailboxId);
+    const exact = imported.every((i) => sim.itemSha256(alex.mailboxId, i.itemId) === i.sha256);
+    say(`restored ${report.imported}/${report.items} items of ${adele.upn} into ${alex.upn} (folder "Restored from Adele"), ${report.failed} failed; bytes identical: ${exact}`);
+    if (report.failed || !exact) process.exitCode = 1;
   } finally {
     await app.stop();
     await sim.close();
   }
 
-  say("");
-  say("mailbox                        exported  failed  size       manifest");
-  for (const s of summaries) {
-    say(`${s.mailbox.padEnd(30)} ${String(s.exported).padStart(8)}  ${String(s.failed).padStart(6)}  ${formatBytes(s.bytes).padEnd(9)}  ${s.manifest}`);
-  }
-  for (const s of summaries) {
-    const run = await pickRun(store, s.mailboxId, s.runId);
-    const report = await verifyRun(store, { mailboxId: s.mailboxId, runId: s.runId, manifest: run.manifest });
-    say(`verified ${s.mailbox}: ${report.ok}/${report.checked} items match their sha256, ${report.problems.length} problems`);
-    if (report.problems.length) process.exitCode = 1;
-  }
+
   say("");
   say(`Look in ${STORE_DIR}/mailboxes/: one folder per mailbox, items/ holds one object per item version,`);
   say(`runs/<runId>/manifest.jsonl lists every item with its sha256, summary.json the counts.`);
