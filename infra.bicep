@@ -94,6 +94,24 @@ param maxMailboxesInFlight int = 10
 @description('TASKHUB_NAME: Durable Functions task hub (host.json reads %TASKHUB_NAME%). Letters and digits, starting with a letter.')
 param taskHubName string = 'mailvault'
 
+// Change notifications (docs/deploy.md section 5.1). Both secrets are empty by default: no
+// subscriptions, no event-triggered backups. The URL carries a function key, so it is a secret too.
+@secure()
+@description('MAILVAULT_NOTIFICATION_URL: https://<app>/api/notifications?code=<key of the changeNotifications function>, or EventGrid:?azuresubscriptionid=...&resourcegroup=...&partnertopic=...&location=... Empty: notifications off.')
+param notificationUrl string = ''
+
+@secure()
+@description('MAILVAULT_NOTIFICATION_CLIENT_STATE: the clientState secret of every subscription (16 to 128 characters), e.g. openssl rand -hex 32. Required with notificationUrl.')
+param notificationClientState string = ''
+
+@description('MAILVAULT_SUBSCRIPTION_RENEW_SCHEDULE: NCRONTAB schedule of the subscription timer (create, renew those expiring within 12 h, delete).')
+param subscriptionRenewSchedule string = '0 30 */6 * * *'
+
+@minValue(0)
+@maxValue(86400)
+@description('MAILVAULT_CHANGE_QUIET_SECONDS: seconds without a notification before an event-triggered run starts.')
+param changeQuietSeconds int = 60
+
 // --- Backup storage account ---
 
 @minLength(3)
@@ -519,6 +537,11 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 //     every connection is made with the managed identity, and a secret must never sit in app settings.
 // test/infra.test.ts enforces this rule against SETTINGS.
 //
+// Exception, on purpose: MAILVAULT_NOTIFICATION_URL (it carries a function key) and
+// MAILVAULT_NOTIFICATION_CLIENT_STATE are secrets that Graph's change notifications need. They come
+// from @secure() parameters (kept out of deployment logs), are empty unless you enable
+// notifications, and can be Key Vault references (@Microsoft.KeyVault(SecretUri=...)) instead.
+//
 // The remaining names are platform settings. Flex Consumption takes the runtime and its version
 // from functionAppConfig and rejects FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION, so they
 // are absent on purpose.
@@ -543,6 +566,10 @@ var appSettings = {
   MAILVAULT_BACKUP_SCHEDULE: backupSchedule
   MAILVAULT_MAX_MAILBOXES_IN_FLIGHT: string(maxMailboxesInFlight)
   TASKHUB_NAME: taskHubName
+  MAILVAULT_NOTIFICATION_URL: notificationUrl
+  MAILVAULT_NOTIFICATION_CLIENT_STATE: notificationClientState
+  MAILVAULT_SUBSCRIPTION_RENEW_SCHEDULE: subscriptionRenewSchedule
+  MAILVAULT_CHANGE_QUIET_SECONDS: string(changeQuietSeconds)
 }
 
 resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {

@@ -6,3 +6,5 @@ import "./backupMailbox";
 import "./startBackup";
 import "./nightlyBackup";
 import "./restoreMailbox";
+import "./changeNotifications";
+import "./subscriptionSync";

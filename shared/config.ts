@@ -29,6 +29,10 @@ export const SETTINGS: readonly SettingSpec[] = [
   { name: "MAILVAULT_BACKUP_SCHEDULE", default: "0 0 2 * * *", scope: "app", requiredInApp: true, description: "When the nightly backup runs: an NCRONTAB expression (six fields, UTC unless WEBSITE_TIME_ZONE is set)." },
   { name: "MAILVAULT_MAX_MAILBOXES_IN_FLIGHT", default: "10", scope: "app", description: "Mailboxes the nightly backup runs at the same time." },
   { name: "TASKHUB_NAME", default: "mailvault", scope: "app", description: "Durable Functions task hub name (host.json reads it)." },
+  { name: "MAILVAULT_NOTIFICATION_URL", scope: "app", description: "Where Microsoft Graph delivers change and lifecycle notifications of the mailboxes in MAILVAULT_MAILBOXES: `https://<app>/api/notifications?code=<function key>` (webhook) or `EventGrid:?azuresubscriptionid=...&resourcegroup=...&partnertopic=...&location=...` (an Event Grid partner topic). Empty: no subscriptions, no event-triggered backups." },
+  { name: "MAILVAULT_NOTIFICATION_CLIENT_STATE", scope: "app", description: "The secret (16 to 128 characters) sent as clientState with every subscription; notifications that do not carry it are dropped. Required when MAILVAULT_NOTIFICATION_URL is set. Never logged." },
+  { name: "MAILVAULT_SUBSCRIPTION_RENEW_SCHEDULE", default: "0 30 */6 * * *", scope: "app", requiredInApp: true, description: "When the subscription timer creates, renews (those expiring within 12 h) and deletes change-notification subscriptions: an NCRONTAB expression (six fields, UTC)." },
+  { name: "MAILVAULT_CHANGE_QUIET_SECONDS", default: "60", scope: "app", description: "Quiet period of event-triggered backups: a mailbox's run starts once no change notification arrived for this many seconds (at most ten quiet periods after the first one)." },
 ];
 
 export type Env = Record<string, string | undefined>;

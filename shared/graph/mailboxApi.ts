@@ -47,6 +47,35 @@ export interface ResolvedMailbox {
   requested: string;
 }
 
+/** A Graph change-notification subscription (research/graph-api.md §8.1). */
+export interface GraphSubscription {
+  id: string;
+  resource: string;
+  changeType: string;
+  notificationUrl: string;
+  lifecycleNotificationUrl?: string | null;
+  expirationDateTime: string;
+  /** Graph echoes it on create; list and get may not. A secret: never log it. */
+  clientState?: string | null;
+}
+
+export interface NewSubscription {
+  resource: string;
+  changeType: string;
+  /** A secret when it carries a function key: never log it. */
+  notificationUrl: string;
+  lifecycleNotificationUrl: string;
+  expirationDateTime: string;
+  clientState: string;
+}
+
+/** What `/users/{id}` tells about a user (for subscriptions, which are made on `/users/{id}/messages`). */
+export interface UserInfo {
+  id: string;
+  userPrincipalName: string;
+  mail: string | null;
+}
+
 interface Page<T> {
   value?: T[];
   "@odata.nextLink"?: string;
@@ -232,10 +261,74 @@ export class MailboxApi {
     );
   }
 
+  /** A user by UPN or id (`/users/{id}?$select=id,userPrincipalName,mail`). 404 becomes GraphError `UserNotFound`. */
+  async getUser(idOrUpn: string, signal?: AbortSignal): Promise<UserInfo> {
+    validateMailboxArg(idOrUpn);
+    try {
+      const u = await this.graph.json<{ id?: unknown; userPrincipalName?: unknown; mail?: unknown }>({
+        method: "GET",
+        url: `/users/${encodeURIComponent(idOrUpn)}?$select=id,userPrincipalName,mail`,
+        signal,
+      });
+      if (typeof u?.id !== "string" || !u.id) throw new GraphError(200, "InvalidUser", `Graph returned no id for user ${idOrUpn}`);
+      return { id: u.id, userPrincipalName: typeof u.userPrincipalName === "string" ? u.userPrincipalName : idOrUpn, mail: typeof u.mail === "string" && u.mail ? u.mail : null };
+    } catch (e) {
+      if (e instanceof GraphError && e.status === 404) throw new GraphError(404, "UserNotFound", `no user ${idOrUpn} in this tenant`, { requestId: e.requestId });
+      throw e;
+    }
+  }
+
+  /**
+   * `POST /subscriptions`. Graph validates the notificationUrl (and lifecycleNotificationUrl) with
+   * the validation handshake before it answers 201. Not idempotent: a create retried after a lost
+   * response can leave a second subscription (the sync deletes such strays).
+   */
+  async createSubscription(spec: NewSubscription, signal?: AbortSignal): Promise<GraphSubscription> {
+    const s = await this.graph.json<GraphSubscription>({ method: "POST", url: "/subscriptions", body: spec, signal });
+    if (typeof s?.id !== "string" || typeof s.expirationDateTime !== "string") throw new GraphError(201, "InvalidSubscription", "POST /subscriptions returned no id or expirationDateTime");
+    return s;
+  }
+
+  /** `PATCH /subscriptions/{id}` with a new expirationDateTime: renews and reauthorizes the subscription. */
+  async renewSubscription(subscriptionId: string, expirationDateTime: string, signal?: AbortSignal): Promise<GraphSubscription> {
+    const s = await this.graph.json<GraphSubscription>({ method: "PATCH", url: `/subscriptions/${encodeURIComponent(validateSubscriptionId(subscriptionId))}`, body: { expirationDateTime }, signal });
+    if (typeof s?.id !== "string" || typeof s.expirationDateTime !== "string") return { id: subscriptionId, expirationDateTime, resource: "", changeType: "", notificationUrl: "" };
+    return s;
+  }
+
+  /** `DELETE /subscriptions/{id}`; false when Graph no longer knows it (404). */
+  async deleteSubscription(subscriptionId: string, signal?: AbortSignal): Promise<boolean> {
+    try {
+      await this.graph.json<unknown>({ method: "DELETE", url: `/subscriptions/${encodeURIComponent(validateSubscriptionId(subscriptionId))}`, signal });
+      return true;
+    } catch (e) {
+      if (e instanceof GraphError && e.status === 404) return false;
+      throw e;
+    }
+  }
+
+  /** `GET /subscriptions`, every page: with an app-only token, the subscriptions this app created. */
+  async *listSubscriptions(signal?: AbortSignal): AsyncGenerator<GraphSubscription> {
+    let link: string | undefined = "/subscriptions";
+    while (link) {
+      const page: Page<GraphSubscription> = await this.graph.json({ method: "GET", url: link, signal });
+      for (const s of page.value ?? []) if (typeof s?.id === "string") yield s;
+      link = page["@odata.nextLink"];
+    }
+  }
+
   private mailboxPath(mailboxId: string): string {
     validateMailboxArg(mailboxId);
     return `/admin/exchange/mailboxes/${encodeURIComponent(mailboxId)}`;
   }
+}
+
+/** Subscription ids are GUIDs (Event Grid shows base64 ones): a bounded token without path characters. */
+export function validateSubscriptionId(value: unknown): string {
+  if (typeof value !== "string" || !/^[A-Za-z0-9+=_.-]{1,128}$/.test(value)) {
+    throw new InvalidInputError(`not a subscription id: ${JSON.stringify(value)?.slice(0, 80)}`, "InvalidSubscriptionId");
+  }
+  return value;
 }
 
 function isFolder(f: unknown): f is MailboxFolder {

@@ -10,9 +10,10 @@ import { BodyAbort, BodyWriter, GraphError, JSON_CONTENT_TYPE, RequestContext, s
 import { ImportPacer, ImportSessions, isStrictBase64, type SessionRec } from "./imports";
 import type { FolderRec, ItemRec, MailboxState, SimModel, SimUser } from "./model";
 import type { RouteName, SimStats } from "./stats";
+import { parseSubscriptionSkipToken, type SubscriptionConfig, SubscriptionService, subscriptionSkipToken } from "./subscriptions";
 
 /** Live settings of the Graph handler (the simulator's `config`; may be changed between requests). */
-export interface GraphConfig {
+export interface GraphConfig extends SubscriptionConfig {
   /** Bearer token accepted in `Authorization`. */
   token: string;
   /** Requests in flight per mailbox before 429 ApplicationThrottled. Default 4. */
@@ -53,7 +54,9 @@ type Target =
   | { route: "exportItems"; mbx: string }
   | { route: "createFolder"; mbx: string; parentId: string | null }
   | { route: "createImportSession"; mbx: string }
-  | { route: "importItem"; mbx: string };
+  | { route: "importItem"; mbx: string }
+  | { route: "subscriptions"; op: "collection" }
+  | { route: "subscriptions"; op: "item" | "reauthorize"; id: string };
 
 type Json = Record<string, unknown>;
 
@@ -111,6 +114,8 @@ export class GraphHandler {
   readonly importSessions = new ImportSessions();
   /** Per-mailbox upload budget of importItem. */
   readonly importPacer = new ImportPacer();
+  /** Change-notification subscriptions. */
+  readonly subscriptions: SubscriptionService;
 
   constructor(
     private readonly model: SimModel,
@@ -118,7 +123,9 @@ export class GraphHandler {
     private readonly stats: SimStats,
     private readonly config: GraphConfig,
     private readonly baseUrl: () => string,
-  ) {}
+  ) {
+    this.subscriptions = new SubscriptionService(model, config);
+  }
 
   /** Current in-flight count of a mailbox. */
   inFlightOf(mailboxId: string): number {
@@ -169,8 +176,8 @@ export class GraphHandler {
     else this.checkAuth(req);
     if (parsed instanceof GraphError) throw parsed;
     const { version, target } = parsed;
-    const wanted = POST_ROUTES.has(target.route) ? "POST" : "GET";
-    if (method !== wanted) throw new GraphError(405, "Request_BadRequest", `The HTTP method '${method}' is not allowed for this resource.`);
+    const wanted = target.route === "subscriptions" ? subscriptionMethods(target.op) : [POST_ROUTES.has(target.route) ? "POST" : "GET"];
+    if (!wanted.includes(method)) throw new GraphError(405, "Request_BadRequest", `The HTTP method '${method}' is not allowed for this resource.`);
 
     // Mailbox-scoped routes: resolve the mailbox, then admit against the per-mailbox concurrency limit.
     let mbx: MailboxState | undefined;
@@ -221,6 +228,8 @@ export class GraphHandler {
         return this.createImportSession(page, version, mbx as MailboxState);
       case "importItem":
         return this.importItem(ctx, page, mbx as MailboxState);
+      case "subscriptions":
+        return this.subscriptionRoute(ctx, page, target, method);
     }
   }
 
@@ -246,6 +255,12 @@ export class GraphHandler {
     const lc = rest.map((s) => s.toLowerCase());
     const isDelta = (s: string | undefined): boolean => s === "delta" || s === "delta()";
     const bad = (): GraphError => new GraphError(400, "BadRequest", `Resource not found for the segment '${rest[rest.length - 1] ?? ""}'.`);
+    if (lc[0] === "subscriptions") {
+      if (rest.length === 1) return { version: ver, target: { route: "subscriptions", op: "collection" } };
+      if (rest.length === 2) return { version: ver, target: { route: "subscriptions", op: "item", id: rest[1] } };
+      if (rest.length === 3 && lc[2] === "reauthorize") return { version: ver, target: { route: "subscriptions", op: "reauthorize", id: rest[1] } };
+      throw bad();
+    }
     if (lc[0] === "users") {
       if (rest.length === 1) return { version: ver, target: { route: "users", userId: null } };
       if (rest.length === 2) return { version: ver, target: { route: "users", userId: rest[1] } };
@@ -674,6 +689,44 @@ export class GraphHandler {
     await w.end();
   }
 
+  // ---- subscriptions -------------------------------------------------------------------------
+
+  private async subscriptionRoute(ctx: RequestContext, page: Page, target: Extract<Target, { route: "subscriptions" }>, method: string): Promise<void> {
+    const svc = this.subscriptions;
+    const entity = `${page.base}/$metadata#subscriptions/$entity`;
+    if (target.op === "collection") {
+      if (method === "GET") {
+        const all = svc.list();
+        const tok = page.url.searchParams.get("$skiptoken");
+        const offset = tok === null ? 0 : parseSubscriptionSkipToken(tok);
+        if (offset === undefined) throw new GraphError(400, "BadRequest", "Invalid skip token.");
+        const size = this.config.subscriptionPageSize;
+        const body: Json = { "@odata.context": `${page.base}/$metadata#subscriptions`, value: all.slice(offset, offset + size) };
+        if (offset + size < all.length) body["@odata.nextLink"] = `${page.base}/subscriptions?$skiptoken=${subscriptionSkipToken(offset + size)}`;
+        return page.json(body);
+      }
+      this.requireJson(ctx);
+      const created = await svc.create(this.parseJsonObject(await this.readBody(ctx)), this.model.tenantId);
+      ctx.res.setHeader("Location", `${page.base}/subscriptions/${created.id as string}`);
+      return page.json({ ...created, "@odata.context": entity }, 201);
+    }
+    if (target.op === "reauthorize") {
+      svc.reauthorize(target.id);
+      ctx.res.statusCode = 204;
+      ctx.res.end();
+      return;
+    }
+    if (method === "GET") return page.json({ "@odata.context": entity, ...svc.get(target.id) });
+    if (method === "DELETE") {
+      svc.remove(target.id);
+      ctx.res.statusCode = 204;
+      ctx.res.end();
+      return;
+    }
+    this.requireJson(ctx);
+    return page.json({ "@odata.context": entity, ...svc.renew(target.id, this.parseJsonObject(await this.readBody(ctx))) });
+  }
+
   // ---- import surface ------------------------------------------------------------------------
 
   private requireJson(ctx: RequestContext): void {
@@ -815,6 +868,10 @@ export class GraphHandler {
       changeKey: rec.changeKey,
     });
   }
+}
+
+function subscriptionMethods(op: "collection" | "item" | "reauthorize"): string[] {
+  return op === "collection" ? ["GET", "POST"] : op === "item" ? ["GET", "PATCH", "DELETE"] : ["POST"];
 }
 
 /** 400 ErrorInvalidRequest */

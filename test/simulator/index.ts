@@ -11,7 +11,7 @@
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
-import { randomBytes } from "node:crypto";
+import { randomBytes, randomUUID } from "node:crypto";
 import { contentSha256, type ContentKey } from "./content";
 import { FaultPlan } from "./faults";
 import { GraphHandler, type GraphConfig } from "./graph";
@@ -19,6 +19,7 @@ import type { ImportUsage, SimImportSession } from "./imports";
 import { SimModel, type MailboxState, type SimFolder, type SimImportedItem, type SimItem, type SimMailbox, type SimUser } from "./model";
 import { derivedGuid } from "./prng";
 import { SimStats, type RouteName } from "./stats";
+import type { LifecycleEventName, NotificationDelivery, SimSubscription, SubscriptionLogEntry } from "./subscriptions";
 
 export { FaultPlan } from "./faults";
 export type { ActiveFault, FaultFiring, FaultKind, FaultMatch, FaultRoute, FaultRule } from "./faults";
@@ -30,6 +31,25 @@ export { WELL_KNOWN_FOLDERS } from "./model";
 export { contentChunks, contentSha256, CONTENT_CHUNK } from "./content";
 export type { ContentKey } from "./content";
 export type { GraphConfig } from "./graph";
+export type { LifecycleEventName, NotificationDelivery, SimSubscription, SubscriptionLogEntry } from "./subscriptions";
+
+/** A CloudEvent as an Event Grid partner topic delivers Graph notifications (research/graph-api.md §8.5). */
+export interface SimCloudEvent {
+  id: string;
+  type: string;
+  source: string;
+  subject: string;
+  time: string;
+  datacontenttype: "application/json";
+  specversion: "1.0";
+  data: Record<string, unknown>;
+}
+
+/** One change to announce: the item and the kind of change (default `updated`). */
+export interface SimChange {
+  itemId: string;
+  changeType?: "created" | "updated" | "deleted";
+}
 
 export interface SimulatorOptions {
   /** Bearer token to accept (default: a random one). */
@@ -60,6 +80,16 @@ export interface SimulatorOptions {
   importBytesPerWindow?: number;
   /** The upload budget's sliding window (default 5 minutes). */
   importWindowMs?: number;
+  /** Longest subscription lifetime accepted (default 4230 minutes, Outlook resources). */
+  maxSubscriptionMinutes?: number;
+  /** Active subscriptions per mailbox (default 1000). */
+  maxSubscriptionsPerMailbox?: number;
+  /** Subscriptions per GET /subscriptions page (default 100). */
+  subscriptionPageSize?: number;
+  /** Time a subscriber has to answer the validation handshake (default 10 s). */
+  validationTimeoutMs?: number;
+  /** Accept http notification URLs on loopback (default true; everything else must be https). */
+  allowLoopbackHttp?: boolean;
   /** Handler errors (simulator bugs) go here; default console.error. */
   onError?: (err: unknown) => void;
 }
@@ -117,6 +147,11 @@ export class ExchangeSimulator {
       maxImportBodyBytes: options.maxImportBodyBytes ?? 200 * 1024 * 1024,
       importBytesPerWindow: options.importBytesPerWindow ?? 150 * 1024 * 1024,
       importWindowMs: options.importWindowMs ?? 5 * 60 * 1000,
+      maxSubscriptionMinutes: options.maxSubscriptionMinutes ?? 4230,
+      maxSubscriptionsPerMailbox: options.maxSubscriptionsPerMailbox ?? 1000,
+      subscriptionPageSize: options.subscriptionPageSize ?? 100,
+      validationTimeoutMs: options.validationTimeoutMs ?? 10_000,
+      allowLoopbackHttp: options.allowLoopbackHttp ?? true,
       onError: options.onError ?? ((err) => console.error("ExchangeSimulator:", err)),
     };
     let url = "";
@@ -331,6 +366,120 @@ export class ExchangeSimulator {
   /** Forgets the upload budget usage of one mailbox (or of all). */
   resetImportPacing(mailboxId?: string): void {
     this.graph.importPacer.reset(mailboxId === undefined ? undefined : this.mbx(mailboxId).mailboxId.toLowerCase());
+  }
+
+  // ---- change notifications ------------------------------------------------------------------
+
+  /** Active subscriptions (expired ones are gone, as in Graph), with their clientState. */
+  listSubscriptions(): SimSubscription[] {
+    return this.graph.subscriptions.snapshots();
+  }
+
+  getSubscription(id: string): SimSubscription | undefined {
+    return this.graph.subscriptions.find(id);
+  }
+
+  /** Every create, renew (PATCH), delete, reauthorize, removal and expiry, in order. */
+  get subscriptionLog(): readonly SubscriptionLogEntry[] {
+    return this.graph.subscriptions.log;
+  }
+
+  /** Every POST made to a subscriber: validation handshakes and notifications, with status and time taken. */
+  get notificationDeliveries(): readonly NotificationDelivery[] {
+    return this.graph.subscriptions.deliveries;
+  }
+
+  /** Graph removing a subscription on its own, without a notification (see also sendLifecycleNotification). */
+  dropSubscription(id: string): SimSubscription {
+    return this.graph.subscriptions.drop(id);
+  }
+
+  /** Moves a subscription's expiry (renewal tests). */
+  setSubscriptionExpiration(id: string, at: Date): SimSubscription {
+    return this.graph.subscriptions.setExpiration(id, at);
+  }
+
+  /**
+   * Sends change notifications for the mailbox's items to every webhook subscription of its user,
+   * `batchSize` per POST (default 50), one POST after another, like Graph. `clientState` replaces the
+   * subscription's (a forged one). Returns the deliveries (status and milliseconds each).
+   */
+  async notifyChanges(mailbox: string, changes: readonly SimChange[], options: { batchSize?: number; clientState?: string | null } = {}): Promise<NotificationDelivery[]> {
+    const m = this.mbx(mailbox);
+    const user = this.model.findUser(m.userId) as SimUser;
+    const out: NotificationDelivery[] = [];
+    const batch = Math.max(1, options.batchSize ?? 50);
+    for (const s of this.graph.subscriptions.forUser(user)) {
+      if (s.channel !== "webhook") continue;
+      for (let i = 0; i < changes.length; i += batch) {
+        const value = changes.slice(i, i + batch).map((c) => this.graph.subscriptions.changeNotification(s, this.tenantId, { itemId: c.itemId, changeType: c.changeType ?? "updated", changeKey: m.items.get(c.itemId)?.changeKey }, options.clientState));
+        out.push(await this.graph.subscriptions.deliver("change", s.notificationUrl, value, s.id));
+      }
+    }
+    return out;
+  }
+
+  /**
+   * Sends a lifecycle notification of a subscription to its lifecycleNotificationUrl. For
+   * `subscriptionRemoved` the subscription is removed first, as Graph does.
+   */
+  async sendLifecycleNotification(subscriptionId: string, event: LifecycleEventName, options: { clientState?: string | null } = {}): Promise<NotificationDelivery> {
+    const subs = this.graph.subscriptions;
+    const s = subs.find(subscriptionId);
+    if (!s) throw new Error(`simulator: no subscription ${subscriptionId}`);
+    if (!s.lifecycleNotificationUrl) throw new Error(`simulator: subscription ${subscriptionId} has no lifecycleNotificationUrl`);
+    if (s.channel !== "webhook") throw new Error(`simulator: subscription ${subscriptionId} delivers through ${s.channel}; use eventGridLifecycleEvent`);
+    if (event === "subscriptionRemoved") subs.drop(subscriptionId);
+    return subs.deliver("lifecycle", s.lifecycleNotificationUrl, [subs.lifecycleNotification(s, this.tenantId, event, options.clientState)], s.id);
+  }
+
+  /**
+   * The CloudEvents an Event Grid partner topic would deliver for these changes, one per change per
+   * Event Grid subscription of the mailbox's user (Outlook casing in `data`, as in the Event Grid docs).
+   */
+  eventGridEvents(mailbox: string, changes: readonly SimChange[], options: { clientState?: string | null } = {}): SimCloudEvent[] {
+    const m = this.mbx(mailbox);
+    const user = this.model.findUser(m.userId) as SimUser;
+    const out: SimCloudEvent[] = [];
+    for (const s of this.graph.subscriptions.forUser(user)) {
+      if (s.channel !== "eventGrid") continue;
+      for (const c of changes) {
+        const changeType = c.changeType ?? "updated";
+        const resource = `https://outlook.office365.com/api/beta/Users('${s.userId}@${this.tenantId}')/Messages('${c.itemId}')`;
+        const changeKey = m.items.get(c.itemId)?.changeKey;
+        out.push({
+          ...this.cloudEventBase(`Microsoft.Graph.Message${changeType[0].toUpperCase()}${changeType.slice(1)}`, `Messages/${c.itemId}`),
+          data: {
+            "@odata.type": "#Microsoft.OutlookServices.Notification",
+            Id: null,
+            SubscriptionExpirationDateTime: s.expirationDateTime,
+            ChangeType: changeType,
+            subscriptionId: s.id,
+            resource,
+            clientState: options.clientState === undefined ? s.clientState : options.clientState,
+            resourceData: { Id: c.itemId, ...(changeKey ? { "@odata.etag": `W/"${changeKey}"` } : {}), "@odata.id": resource, "@odata.type": "#Microsoft.OutlookServices.Message" },
+          },
+        });
+      }
+    }
+    return out;
+  }
+
+  /** The CloudEvent of a lifecycle notification through Event Grid (`Microsoft.Graph.Subscription<Event>`). */
+  eventGridLifecycleEvent(subscriptionId: string, event: LifecycleEventName, options: { clientState?: string | null } = {}): SimCloudEvent {
+    const subs = this.graph.subscriptions;
+    const s = subs.find(subscriptionId);
+    if (!s) throw new Error(`simulator: no subscription ${subscriptionId}`);
+    if (event === "subscriptionRemoved") subs.drop(subscriptionId);
+    const suffix = event === "reauthorizationRequired" ? "ReauthorizationRequired" : event === "subscriptionRemoved" ? "Removed" : "Missed";
+    return {
+      ...this.cloudEventBase(`Microsoft.Graph.Subscription${suffix}`, `Subscriptions/${s.id}`),
+      data: { subscriptionId: s.id, SubscriptionExpirationDateTime: s.expirationDateTime, tenantId: this.tenantId, clientState: options.clientState === undefined ? s.clientState : options.clientState, lifecycleEvent: event },
+    };
+  }
+
+  private cloudEventBase(type: string, subject: string): Omit<SimCloudEvent, "data"> {
+    return { id: randomUUID(), type, source: `/tenants/${this.tenantId}/applications/00000000-0000-0000-0000-00000000a11c`, subject, time: new Date().toISOString(), datacontenttype: "application/json", specversion: "1.0" };
   }
 
   /** Requests currently in flight for a mailbox. */

@@ -11,7 +11,8 @@ export type RouteName =
   | "exportItems"
   | "createFolder"
   | "createImportSession"
-  | "importItem";
+  | "importItem"
+  | "subscriptions";
 
 export const ROUTE_NAMES: readonly RouteName[] = [
   "settings",
@@ -24,6 +25,7 @@ export const ROUTE_NAMES: readonly RouteName[] = [
   "createFolder",
   "createImportSession",
   "importItem",
+  "subscriptions",
 ];
 
 export class SimStats {
