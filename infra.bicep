@@ -104,6 +104,9 @@ param notificationUrl string = ''
 @description('MAILVAULT_NOTIFICATION_CLIENT_STATE: the clientState secret of every subscription (16 to 128 characters), e.g. openssl rand -hex 32. Required with notificationUrl.')
 param notificationClientState string = ''
 
+@description('MAILVAULT_VERIFY_SCHEDULE: NCRONTAB schedule of the scheduled verification of stored backups.')
+param verifySchedule string = '0 0 5 * * Sun'
+
 @description('MAILVAULT_SUBSCRIPTION_RENEW_SCHEDULE: NCRONTAB schedule of the subscription timer (create, renew those expiring within 12 h, delete).')
 param subscriptionRenewSchedule string = '0 30 */6 * * *'
 
@@ -569,6 +572,7 @@ var appSettings = {
   MAILVAULT_NOTIFICATION_URL: notificationUrl
   MAILVAULT_NOTIFICATION_CLIENT_STATE: notificationClientState
   MAILVAULT_SUBSCRIPTION_RENEW_SCHEDULE: subscriptionRenewSchedule
+  MAILVAULT_VERIFY_SCHEDULE: verifySchedule
   MAILVAULT_CHANGE_QUIET_SECONDS: string(changeQuietSeconds)
 }
 

@@ -8,3 +8,4 @@ import "./nightlyBackup";
 import "./restoreMailbox";
 import "./changeNotifications";
 import "./subscriptionSync";
+import "./verifyBackups";
