@@ -8,6 +8,7 @@ import { GraphError, InvalidInputError, isMailvaultError } from "../shared/error
 import { validateMailboxArg } from "../shared/graph/mailboxApi";
 import { prepareBackup } from "../shared/backup/start";
 import { getServices } from "../shared/services";
+import { parseWith } from "../shared/validation";
 
 /**
  * POST /api/mailboxes/{mailbox}/backups  (function key)
@@ -76,13 +77,7 @@ export async function readJsonBody<T>(request: HttpRequest, schema: z.ZodType<T>
       throw new InvalidInputError("request body is not valid JSON", "InvalidJson");
     }
   }
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const where = issue.path.length ? issue.path.join(".") : "body";
-    throw new InvalidInputError(`${where}: ${issue.message}`, "InvalidBody");
-  }
-  return parsed.data;
+  return parseWith(schema, value);
 }
 
 export function errorResponse(e: unknown, context: InvocationContext): HttpResponseInit {

@@ -1,5 +1,6 @@
 import { createHash, timingSafeEqual } from "node:crypto";
 import { z } from "zod";
+import { parseWith } from "../validation";
 import { InvalidInputError } from "../errors";
 
 /**
@@ -124,15 +125,7 @@ export function parseEventGridEvent(event: unknown): GraphNotification | undefin
   return check(Notification, candidate);
 }
 
-function check<T>(schema: z.ZodType<T>, value: unknown): T {
-  const parsed = schema.safeParse(value);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0];
-    const where = issue.path.length ? issue.path.join(".") : "body";
-    throw new InvalidInputError(`${where}: ${issue.message}`, "InvalidBody");
-  }
-  return parsed.data;
-}
+const check = parseWith;
 
 /**
  * Constant-time clientState check: both sides are hashed to 32 bytes first, so timingSafeEqual
