@@ -17,7 +17,7 @@ export const VERIFY_ORCHESTRATION = "verifyBackups";
 const CHUNK = 50;
 
 const listActivity = df.app.activity("listStoreMailboxes", {
-  handler: (async (input: { day: string }, context: InvocationContext) => listStoreMailboxes(activityServices(context), input)) satisfies ActivityHandler,
+  handler: (async (_input: unknown, context: InvocationContext) => listStoreMailboxes(activityServices(context))) satisfies ActivityHandler,
 });
 const verifyActivity = df.app.activity("verifyLatestRun", {
   handler: (async (input: { day: string; mailboxId: string; index: number }, context: InvocationContext) => verifyLatest(activityServices(context), input)) satisfies ActivityHandler,

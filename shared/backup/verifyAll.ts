@@ -35,8 +35,8 @@ const dayRoot = (day: string) => {
   return `tenant/verify/${day}`;
 };
 
-/** The mailbox ids of the store, written for the day's run; returns how many. */
-export async function listStoreMailboxes(svc: Services, input: { day: string }): Promise<string[]> {
+/** The mailbox ids the store holds backups of. */
+export async function listStoreMailboxes(svc: Services): Promise<string[]> {
   return (await listMailboxes(svc.store)).map((m) => m.mailboxId);
 }
 

@@ -1,6 +1,6 @@
 import { describeError, GraphError, InvalidInputError, MailvaultError } from "../errors";
 import type { MailboxApi } from "../graph/mailboxApi";
-import { MAX_EXPORT_IDS, validateExportIds } from "../graph/mailboxApi";
+import { validateExportIds } from "../graph/mailboxApi";
 import { type Logger, silentLogger } from "../log";
 import type { ItemStore } from "../store/itemStore";
 import { itemObjectPath } from "../store/naming";
@@ -101,8 +101,8 @@ export function validateBatchInput(input: unknown): ExportBatchInput {
 export async function exportBatch(deps: ExportBatchDeps, input: ExportBatchInput, options: ExportBatchOptions = {}): Promise<ItemOutcome[]> {
   const { mailbox, store } = deps;
   const log = deps.logger ?? silentLogger;
+  // 1 to 20 distinct ids, each with a folder: checked before anything is called.
   validateBatchInput(input);
-  if (input.items.length > MAX_EXPORT_IDS) throw new InvalidInputError(`a batch holds at most ${MAX_EXPORT_IDS} items`);
 
   const byId = new Map(input.items.map((i) => [i.itemId, i]));
   const done = new Map<string, ItemOutcome>();
