@@ -18,6 +18,7 @@ import { planBatches } from "../shared/backup/plan";
 import { exportBatch } from "../shared/export/exportBatch";
 import { GraphClient, StaticTokenCredential } from "../shared/graph/graphClient";
 import { MailboxApi } from "../shared/graph/mailboxApi";
+import { GraphSource } from "../shared/graph/graphSource";
 import { createServices } from "../shared/services";
 import { LocalItemStore } from "../shared/store/localItemStore";
 import { Semaphore } from "../shared/util/semaphore";
@@ -173,7 +174,7 @@ async function throughputFigure(): Promise<Figure> {
       const sem = new Semaphore(concurrency);
       await sim.stats();
       const t = performance.now();
-      const out = (await Promise.all(batches.map((b) => sem.run(() => exportBatch({ mailbox: api, store }, { mailboxId: small.mailboxId, items: b }))))).flat();
+      const out = (await Promise.all(batches.map((b) => sem.run(() => exportBatch({ mailbox: new GraphSource(api), store }, { mailboxId: small.mailboxId, items: b }))))).flat();
       const s = (performance.now() - t) / 1000;
       const st = await sim.stats();
       return { rate: out.filter((o) => o.status === "exported").length / s, failed: out.filter((o) => o.status === "failed").length, throttled: st.throttledByConcurrency };

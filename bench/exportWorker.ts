@@ -12,6 +12,7 @@ import { join } from "node:path";
 import { exportBatch } from "../shared/export/exportBatch";
 import { GraphClient, StaticTokenCredential } from "../shared/graph/graphClient";
 import { MailboxApi } from "../shared/graph/mailboxApi";
+import { GraphSource } from "../shared/graph/graphSource";
 import { LocalItemStore } from "../shared/store/localItemStore";
 import { itemObjectPath } from "../shared/store/naming";
 
@@ -34,7 +35,7 @@ async function main(): Promise<void> {
   let items = 0;
   try {
     if (args.mode === "stream") {
-      const out = await exportBatch({ mailbox: api, store }, { mailboxId: args.mailboxId, items: args.items });
+      const out = await exportBatch({ mailbox: new GraphSource(api), store }, { mailboxId: args.mailboxId, items: args.items });
       for (const o of out) {
         if (o.status !== "exported") throw new Error(`${o.itemId}: ${o.error.code}`);
         bytes += o.size;

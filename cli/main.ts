@@ -12,6 +12,7 @@ import type { ItemStore } from "../shared/store/itemStore";
 import { openStore } from "../shared/store/openStore";
 import { verifyRun } from "../shared/verify";
 import { prepareRestore } from "../shared/restore/prepare";
+import { resolveMailboxArg } from "../shared/source";
 import { backupOnHost, type BackupOutcome, startLocalApp } from "./localRun";
 
 /**
@@ -42,32 +43,37 @@ export async function runCli(argv: string[], io: CliIo): Promise<number> {
 
   const storeOption = () => new Option("--store <store>", "a folder, https://<account>.blob.core.windows.net/<container>, or blob:<container> (default: MAILVAULT_STORE or ./mailvault-backups)");
   const collect = (v: string, prev: string[] = []) => [...prev, v];
+  const ewsOption = () => new Option("--ews-url <url>", "EWS endpoint of your Exchange Server, e.g. https://mail.contoso.com/EWS/Exchange.asmx (default: MAILVAULT_EWS_URL); needed for ews:<address> mailboxes");
+  const withEws = (url: string | undefined): CliIo => (url ? { ...io, env: { ...io.env, MAILVAULT_EWS_URL: url } } : io);
 
   program
     .command("backup")
     .description("back up one or more mailboxes")
-    .requiredOption("--mailbox <mailbox>", "UPN, user id or MBX: id (repeatable)", collect)
+    .requiredOption("--mailbox <mailbox>", "UPN, user id or MBX: id (Exchange Online), or ews:<smtp address> (Exchange Server); repeatable", collect)
     .addOption(storeOption())
+    .addOption(ewsOption())
     .option("--full", "re-read every folder instead of following stored delta links")
     .option("--json", "print one JSON document on stdout")
-    .action(async (opts: { mailbox: string[]; store?: string; full?: boolean; json?: boolean }) => {
-      exitCode = await backupCommand(opts, io);
+    .action(async (opts: { mailbox: string[]; store?: string; ewsUrl?: string; full?: boolean; json?: boolean }) => {
+      exitCode = await backupCommand(opts, withEws(opts.ewsUrl));
     });
 
   program
     .command("restore")
     .description("import a stored run's items into the same or another mailbox")
-    .requiredOption("--mailbox <mailbox>", "the backed-up mailbox (UPN, user id or MBX: id)")
+    .requiredOption("--mailbox <mailbox>", "the backed-up mailbox (UPN, user id, MBX: id or ews:<address>)")
     .option("--run <runId>", "the run to restore from (default: the latest complete one)")
-    .option("--to <mailbox>", "the target mailbox (default: the same one)")
+    .option("--to <mailbox>", "the target mailbox (default: the same one); ews:<address> for Exchange Server")
     .option("--folder <folderId>", "restore only this folder and its subfolders (repeatable)", collect)
     .option("--item <itemId>", "restore only this item (repeatable)", collect)
     .option("--folder-name <name>", "name of the new folder the restore goes under")
     .option("--into-original-folders", "put items back at their original folder paths instead of under a new folder")
+    .addOption(new Option("--mode <mode>", "create: new items (default); update / upsert (EWS targets): overwrite the backed-up items in place, upsert re-creating deleted ones").choices(["create", "update", "upsert"]))
     .addOption(storeOption())
+    .addOption(ewsOption())
     .option("--json", "print one JSON document on stdout")
-    .action(async (opts: { mailbox: string; run?: string; to?: string; folder?: string[]; item?: string[]; folderName?: string; intoOriginalFolders?: boolean; store?: string; json?: boolean }) => {
-      exitCode = await restoreCommand(opts, io);
+    .action(async (opts: RestoreOpts) => {
+      exitCode = await restoreCommand(opts, withEws(opts.ewsUrl));
     });
 
   program
@@ -129,7 +135,7 @@ async function backupCommand(opts: { mailbox: string[]; store?: string; full?: b
   const store = storeFor(opts.store, io.env);
   const services: Services = createServices(io.env, { store, logger: lineLogger((l) => io.stderr(l + "\n"), "warn") });
   // Resolve every mailbox before writing anything: an unknown one is a usage error, not a half-done run.
-  for (const m of mailboxes) await services.mailbox.resolveMailbox(m);
+  for (const m of mailboxes) await resolveMailboxArg(services.sources, m);
   await ensureStore(store);
 
   const progress = new ProgressView(io, mailboxes);
@@ -173,10 +179,21 @@ async function backupCommand(opts: { mailbox: string[]; store?: string; full?: b
   return EXIT.ok;
 }
 
-async function restoreCommand(
-  opts: { mailbox: string; run?: string; to?: string; folder?: string[]; item?: string[]; folderName?: string; intoOriginalFolders?: boolean; store?: string; json?: boolean },
-  io: CliIo,
-): Promise<number> {
+interface RestoreOpts {
+  mailbox: string;
+  run?: string;
+  to?: string;
+  folder?: string[];
+  item?: string[];
+  folderName?: string;
+  intoOriginalFolders?: boolean;
+  mode?: "create" | "update" | "upsert";
+  store?: string;
+  ewsUrl?: string;
+  json?: boolean;
+}
+
+async function restoreCommand(opts: RestoreOpts, io: CliIo): Promise<number> {
   const store = storeFor(opts.store, io.env);
   const services: Services = createServices(io.env, { store, logger: lineLogger((l) => io.stderr(l + "\n"), "warn") });
   const app = await startLocalApp(services);
@@ -184,10 +201,10 @@ async function restoreCommand(
     const r = await prepareRestore(
       services,
       opts.mailbox,
-      { run: opts.run, target: opts.to, folders: opts.folder, items: opts.item, targetFolderName: opts.folderName, intoOriginalFolders: opts.intoOriginalFolders },
+      { run: opts.run, target: opts.to, folders: opts.folder, items: opts.item, targetFolderName: opts.folderName, intoOriginalFolders: opts.intoOriginalFolders, mode: opts.mode },
       new Date(),
     );
-    await services.mailbox.resolveMailbox(r.target);
+    await resolveMailboxArg(services.sources, r.target);
     const instanceId = `restore-${r.restoreId}`;
     await app.host.startNew("restoreMailbox", { instanceId, input: r });
     const status = await app.host.waitForCompletion(instanceId, { timeoutMs: 7 * 24 * 3600_000 });

@@ -12,20 +12,25 @@ import { parseWith } from "../shared/validation";
 
 /**
  * POST /api/mailboxes/{mailbox}/backups  (function key)
- * Body (optional): {"full": true} to ignore stored delta links.
+ * Body (optional): {"full": true} to ignore stored delta links; {"source": "ews"} for an Exchange
+ * Server mailbox named by its SMTP address (or name it `ews:<address>` in the path).
  * 202 with the Durable check-status payload; 409 with the running instance's URLs when a backup
  * of this mailbox is already going; 400 for bad input; 404 for an unknown mailbox.
  */
 
 const MAX_BODY = 16 * 1024;
 
-const BackupBody = z.strictObject({ full: z.boolean().optional() });
+const BackupBody = z.strictObject({
+  full: z.boolean().optional(),
+  /** "ews": the mailbox is an SMTP address on the configured Exchange Server (same as an `ews:` prefix). */
+  source: z.enum(["graph", "ews"]).optional(),
+});
 
 export async function startBackupHandler(request: HttpRequest, client: DurableClient, context: InvocationContext): Promise<HttpResponseInit> {
   try {
     const mailbox = validateMailboxArg(request.params.mailbox);
     const body = await readJsonBody(request, BackupBody);
-    const prepared = await prepareBackup(getServices(), mailbox, { full: body.full });
+    const prepared = await prepareBackup(getServices(), mailbox, { full: body.full, source: body.source });
     const running = await runningStatus(client, prepared.instanceId);
     if (running) {
       return {

@@ -25,6 +25,15 @@ export const SETTINGS: readonly SettingSpec[] = [
   { name: "MAILVAULT_STORAGE_CONNECTION_STRING", scope: "both", description: "A storage connection string (e.g. Azurite) for `blob:<container>` stores. Not used in Azure, where the identity is." },
   { name: "MAILVAULT_MAX_REQUESTS_PER_MAILBOX", default: "4", scope: "both", description: "Graph requests in flight per mailbox (Exchange Online allows 4 per app per mailbox), and export activities in flight per mailbox." },
   { name: "MAILVAULT_BATCH_MAX_BYTES", default: "104857600", scope: "both", description: "Byte budget of one exportItems call, from the listed item sizes (at most 20 items a call regardless)." },
+  { name: "MAILVAULT_EWS_URL", scope: "both", description: "Exchange Web Services endpoint of an Exchange Server organisation, e.g. `https://mail.contoso.com/EWS/Exchange.asmx`. Set it to back up `ews:<address>` mailboxes; empty: EWS is off." },
+  { name: "MAILVAULT_EWS_AUTH", default: "oauth", scope: "both", description: "How mailvault signs in to EWS: `oauth` (a bearer token: EWS_ACCESS_TOKEN, else the managed identity / DefaultAzureCredential for MAILVAULT_EWS_TOKEN_SCOPE) or `basic` (MAILVAULT_EWS_USERNAME and MAILVAULT_EWS_PASSWORD, https only)." },
+  { name: "MAILVAULT_EWS_TOKEN_SCOPE", default: "https://outlook.office365.com/.default", scope: "both", description: "Token scope for `oauth` EWS sign-in (Exchange Online, or the hybrid modern-auth resource of your Exchange Server)." },
+  { name: "EWS_ACCESS_TOKEN", scope: "cli", description: "A bearer token for EWS that you already have; with `oauth`, used instead of DefaultAzureCredential." },
+  { name: "MAILVAULT_EWS_USERNAME", scope: "both", description: "Service account for `basic` EWS sign-in (e.g. `CONTOSO\\svc-backup` or `svc-backup@contoso.com`), holding the ApplicationImpersonation role." },
+  { name: "MAILVAULT_EWS_PASSWORD", scope: "both", description: "Password of MAILVAULT_EWS_USERNAME. In Azure, a Key Vault reference. Never logged." },
+  { name: "MAILVAULT_EWS_IMPERSONATION", default: "true", scope: "both", description: "`true`: act for each mailbox through ExchangeImpersonation (plus X-AnchorMailbox); `false`: delegate access (the service account has full access to the mailboxes)." },
+  { name: "MAILVAULT_EWS_SERVER_VERSION", default: "Exchange2010_SP1", scope: "both", description: "RequestServerVersion sent to EWS: Exchange2010_SP1 (the first with ExportItems/UploadItems) or later (Exchange2010_SP2, Exchange2013, Exchange2013_SP1, Exchange2015, Exchange2016)." },
+  { name: "MAILVAULT_EWS_BATCH_ITEMS", default: "50", scope: "both", description: "Items per EWS ExportItems call (1 to 100; Microsoft advises at most 100). MAILVAULT_BATCH_MAX_BYTES also bounds a call." },
   { name: "MAILVAULT_MAILBOXES", scope: "app", description: "Mailboxes the nightly backup covers: UPNs or ids separated by commas, or `*` for every mailbox of the tenant. Empty: no nightly backups." },
   { name: "MAILVAULT_BACKUP_SCHEDULE", default: "0 0 2 * * *", scope: "app", requiredInApp: true, description: "When the nightly backup runs: an NCRONTAB expression (six fields, UTC unless WEBSITE_TIME_ZONE is set)." },
   { name: "MAILVAULT_MAX_MAILBOXES_IN_FLIGHT", default: "10", scope: "app", description: "Mailboxes the nightly backup runs at the same time." },
@@ -52,6 +61,13 @@ export function intSetting(env: Env, name: string, min: number, max: number): nu
     throw new InvalidInputError(`setting ${name} must be a whole number from ${min} to ${max}, got ${JSON.stringify(raw)}`, "InvalidSetting");
   }
   return n;
+}
+
+export function boolSetting(env: Env, name: string): boolean {
+  const raw = (setting(env, name) ?? "").toLowerCase();
+  if (raw === "true" || raw === "1" || raw === "yes") return true;
+  if (raw === "false" || raw === "0" || raw === "no") return false;
+  throw new InvalidInputError(`setting ${name} must be true or false, got ${JSON.stringify(raw)}`, "InvalidSetting");
 }
 
 /** The nightly mailbox list: `*` (every mailbox of the tenant) or the named ones, validated. */

@@ -1,7 +1,12 @@
 import type { TokenCredential } from "@azure/identity";
-import { type Env, intSetting, setting } from "./config";
+import { boolSetting, type Env, intSetting, setting } from "./config";
+import { EwsClient, type EwsAuth } from "./ews/ewsClient";
+import { EwsSource } from "./ews/ewsSource";
+import { GraphSource } from "./graph/graphSource";
+import type { Sources } from "./source";
 import { GraphClient, StaticTokenCredential } from "./graph/graphClient";
 import { MailboxApi } from "./graph/mailboxApi";
+import { InvalidInputError } from "./errors";
 import { type Logger, silentLogger } from "./log";
 import type { ItemStore } from "./store/itemStore";
 import { openStore } from "./store/openStore";
@@ -13,7 +18,10 @@ import { EXCHANGE_ONLINE_IMPORT_PACING, type ImportPacing } from "./restore/impo
  * tests build it themselves (for example with a store chosen by `--store`) and install it.
  */
 export interface Services {
+  /** Graph's mailbox API: users, subscriptions and the other Graph-only parts. */
   mailbox: MailboxApi;
+  /** Where items come from and go back to: Graph, and EWS when it is configured (see source.ts). */
+  sources: Sources;
   store: ItemStore;
   logger: Logger;
   limits: {
@@ -35,6 +43,8 @@ export interface Timing {
   graphMaxRetryDelayMs?: number;
   /** Pause before exportBatch asks again for items whose response broke off (default 500 ms, doubling). */
   exportRetryDelayMs?: number;
+  /** Longest EWS wait, BackOffMilliseconds included (default 5 minutes). */
+  ewsMaxRetryDelayMs?: number;
   /** First pause before an import upload is tried again without a Retry-After (default 1 s, doubling). */
   importRetryDelayMs?: number;
 }
@@ -44,6 +54,9 @@ export interface ServiceOverrides {
   credential?: TokenCredential;
   logger?: Logger;
   onGraphRetry?: ConstructorParameters<typeof GraphClient>[0]["onRetry"];
+  /** The EWS sign-in (tests, and callers holding their own credential); default from the settings. */
+  ewsCredential?: TokenCredential;
+  onEwsRetry?: ConstructorParameters<typeof EwsClient>[0]["onRetry"];
   timing?: Timing;
   /** Replaces Exchange Online's import budget (tests and benchmarks against the simulator). */
   importPacing?: ImportPacing;
@@ -73,17 +86,55 @@ export function createServices(env: Env, overrides: ServiceOverrides = {}): Serv
     baseRetryDelayMs: overrides.timing?.graphBaseRetryDelayMs,
     maxRetryDelayMs: overrides.timing?.graphMaxRetryDelayMs,
   });
+  const mailbox = new MailboxApi(graph);
+  const importPacing = overrides.importPacing ?? EXCHANGE_ONLINE_IMPORT_PACING;
   return {
-    mailbox: new MailboxApi(graph),
+    mailbox,
+    sources: {
+      graph: new GraphSource(mailbox, { pacing: importPacing, logger, importRetryDelayMs: overrides.timing?.importRetryDelayMs }),
+      ews: ewsSource(env, overrides, maxRequestsPerMailbox, logger),
+    },
     store: overrides.store ?? openStore(setting(env, "MAILVAULT_STORE") as string, env),
     logger,
     limits: {
       maxRequestsPerMailbox,
       batchMaxBytes: intSetting(env, "MAILVAULT_BATCH_MAX_BYTES", 1024 * 1024, 4 * 1024 * 1024 * 1024),
-      importPacing: overrides.importPacing ?? EXCHANGE_ONLINE_IMPORT_PACING,
+      importPacing,
     },
     timing: overrides.timing ?? {},
   };
+}
+
+/** The EWS source when MAILVAULT_EWS_URL is set. */
+function ewsSource(env: Env, overrides: ServiceOverrides, maxRequestsPerMailbox: number, logger: Logger): EwsSource | undefined {
+  const url = setting(env, "MAILVAULT_EWS_URL");
+  if (!url) return undefined;
+  const kind = setting(env, "MAILVAULT_EWS_AUTH");
+  let auth: EwsAuth;
+  if (kind === "basic") {
+    const username = setting(env, "MAILVAULT_EWS_USERNAME");
+    const password = setting(env, "MAILVAULT_EWS_PASSWORD");
+    if (!username || !password) throw new InvalidInputError("MAILVAULT_EWS_AUTH=basic needs MAILVAULT_EWS_USERNAME and MAILVAULT_EWS_PASSWORD", "InvalidSetting");
+    if (!/^https:/i.test(url) && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/i.test(url)) throw new InvalidInputError("Basic sign-in to EWS needs an https MAILVAULT_EWS_URL", "InvalidSetting");
+    auth = { kind: "basic", username, password };
+  } else if (kind === "oauth") {
+    const token = setting(env, "EWS_ACCESS_TOKEN");
+    auth = { kind: "oauth", scope: setting(env, "MAILVAULT_EWS_TOKEN_SCOPE") as string, credential: overrides.ewsCredential ?? (token ? new StaticTokenCredential(token) : graphCredential({ ...env, GRAPH_ACCESS_TOKEN: undefined })) };
+  } else {
+    throw new InvalidInputError(`MAILVAULT_EWS_AUTH must be oauth or basic, got ${JSON.stringify(kind)}`, "InvalidSetting");
+  }
+  const client = new EwsClient({
+    url,
+    auth,
+    serverVersion: setting(env, "MAILVAULT_EWS_SERVER_VERSION"),
+    impersonation: boolSetting(env, "MAILVAULT_EWS_IMPERSONATION"),
+    maxRequestsPerMailbox,
+    logger,
+    onRetry: overrides.onEwsRetry,
+    baseRetryDelayMs: overrides.timing?.graphBaseRetryDelayMs,
+    maxRetryDelayMs: overrides.timing?.ewsMaxRetryDelayMs,
+  });
+  return new EwsSource(client, intSetting(env, "MAILVAULT_EWS_BATCH_ITEMS", 1, 100), { uploadRetryDelayMs: overrides.timing?.importRetryDelayMs });
 }
 
 let installed: Services | undefined;

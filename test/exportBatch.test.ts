@@ -3,6 +3,7 @@ import { exportBatch, type ExportItemRef, type ItemOutcome } from "../shared/exp
 import { planBatches } from "../shared/backup/plan";
 import { GraphClient, StaticTokenCredential } from "../shared/graph/graphClient";
 import { MailboxApi } from "../shared/graph/mailboxApi";
+import { GraphSource } from "../shared/graph/graphSource";
 import type { ItemStore } from "../shared/store/itemStore";
 import { itemObjectPath } from "../shared/store/naming";
 import { hashObject } from "../shared/verify";
@@ -18,6 +19,7 @@ import { azuriteStore, tempStore } from "./support/apps";
 
 let sim: ExchangeSimulator;
 let api: MailboxApi;
+let source: GraphSource;
 let big: SimMailbox;
 const MB = 1024 * 1024;
 const cleanups: Array<() => Promise<void>> = [];
@@ -25,6 +27,7 @@ const cleanups: Array<() => Promise<void>> = [];
 beforeAll(async () => {
   sim = await ExchangeSimulator.start({ seed: 21 });
   api = new MailboxApi(new GraphClient({ endpoint: sim.url, apiVersion: "v1.0", credential: new StaticTokenCredential(sim.token), baseRetryDelayMs: 5, maxRetryDelayMs: 50 }));
+  source = new GraphSource(api);
   // 2,000 items from 1 KB to 40 MB: mostly small, some attachments, two at 40 MB.
   big = sim.generateMailbox({
     upn: "sizes@contoso.com",
@@ -47,7 +50,7 @@ function refs(mailboxId: string): ExportItemRef[] {
 async function exportAll(store: ItemStore, mailboxId: string): Promise<ItemOutcome[]> {
   const sem = new Semaphore(4);
   const batches = planBatches(refs(mailboxId), 100 * MB);
-  const results = await Promise.all(batches.map((items) => sem.run(() => exportBatch({ mailbox: api, store }, { mailboxId, items }, { retryDelayMs: 5 }))));
+  const results = await Promise.all(batches.map((items) => sem.run(() => exportBatch({ mailbox: source, store }, { mailboxId, items }, { retryDelayMs: 5 }))));
   return results.flat();
 }
 
@@ -86,7 +89,7 @@ describe("exportBatch", () => {
     const items = refs(mbx.mailboxId);
     sim.faults.add({ route: "exportItems", kind: "itemError", itemId: items[4].itemId, code: "ErrorCorruptData", message: "corrupt", times: Infinity });
     const missing = { itemId: "AAMkAGNvbnRvc28gbWlzc2luZyBpdGVt+/==", folderId: items[0].folderId, changeKey: "x" };
-    const out = await exportBatch({ mailbox: api, store }, { mailboxId: mbx.mailboxId, items: [...items.slice(0, 19), missing] }, { retryDelayMs: 5 });
+    const out = await exportBatch({ mailbox: source, store }, { mailboxId: mbx.mailboxId, items: [...items.slice(0, 19), missing] }, { retryDelayMs: 5 });
     sim.faults.clear();
     expect(out.filter((o) => o.status === "exported")).toHaveLength(18);
     expect(out[4]).toMatchObject({ status: "failed", error: { code: "ErrorCorruptData" }, retryable: false, scope: "item" });
@@ -109,7 +112,7 @@ describe("exportBatch", () => {
         return store.putObject(...args);
       },
     });
-    const out = await exportBatch({ mailbox: api, store: spy }, { mailboxId: mbx.mailboxId, items }, { retryDelayMs: 5 });
+    const out = await exportBatch({ mailbox: source, store: spy }, { mailboxId: mbx.mailboxId, items }, { retryDelayMs: 5 });
     expect(sim.faults.count("resetMidBody")).toBeGreaterThan(0);
     expect(out.every((o) => o.status === "exported" && !o.existed)).toBe(true);
     await expectStoredExactly(store, mbx.mailboxId, out);
@@ -129,7 +132,7 @@ describe("exportBatch", () => {
       { route: "exportItems", kind: "invalidBase64", itemId: items[1].itemId, times: 1 },
       { route: "exportItems", kind: "truncateJson", afterBytes: 25_000, times: 1 },
     );
-    const ok = await exportBatch({ mailbox: api, store }, { mailboxId: mbx.mailboxId, items }, { retryDelayMs: 5 });
+    const ok = await exportBatch({ mailbox: source, store }, { mailboxId: mbx.mailboxId, items }, { retryDelayMs: 5 });
     expect(ok.map((o) => o.status)).toEqual(["exported", "exported", "exported", "exported"]);
     await expectStoredExactly(store, mbx.mailboxId, ok);
 
@@ -138,11 +141,11 @@ describe("exportBatch", () => {
     const other = sim.generateMailbox({ upn: "broken2@contoso.com", folders: 1, items: 2, seed: 8, size: () => 1000 });
     const { store: s2, cleanup: c2 } = await tempStore();
     cleanups.push(c2);
-    const bad = await exportBatch({ mailbox: api, store: s2 }, { mailboxId: mbx.mailboxId, items: [items[2]] }, { retryDelayMs: 5, maxAttempts: 2 });
+    const bad = await exportBatch({ mailbox: source, store: s2 }, { mailboxId: mbx.mailboxId, items: [items[2]] }, { retryDelayMs: 5, maxAttempts: 2 });
     expect(bad[0]).toMatchObject({ status: "failed", error: { code: "InvalidBase64" } });
     sim.faults.clear();
     sim.faults.add({ route: "exportItems", kind: "truncateJson", afterBytes: 30, times: Infinity, mailboxId: other.mailboxId });
-    const trunc = await exportBatch({ mailbox: api, store: s2 }, { mailboxId: other.mailboxId, items: refs(other.mailboxId) }, { retryDelayMs: 5, maxAttempts: 2 });
+    const trunc = await exportBatch({ mailbox: source, store: s2 }, { mailboxId: other.mailboxId, items: refs(other.mailboxId) }, { retryDelayMs: 5, maxAttempts: 2 });
     sim.faults.clear();
     expect(trunc.map((o) => o.status === "failed" && o.error.code)).toEqual(["TruncatedResponse", "TruncatedResponse"]);
     expect(trunc.every((o) => o.status === "failed" && o.scope === "call" && o.retryable)).toBe(true);
@@ -161,7 +164,7 @@ describe("exportBatch", () => {
     const { store, cleanup } = await tempStore();
     cleanups.push(cleanup);
     sim.resetStats();
-    const call = exportBatch({ mailbox: api, store }, { mailboxId: mbx.mailboxId, items: make(refs(mbx.mailboxId)) });
+    const call = exportBatch({ mailbox: source, store }, { mailboxId: mbx.mailboxId, items: make(refs(mbx.mailboxId)) });
     await expect(call).rejects.toBeInstanceOf(InvalidInputError);
     await expect(call).rejects.toThrow(message);
     expect(sim.stats.exportItemsCalls).toBe(0);
@@ -174,7 +177,7 @@ describe("exportBatch", () => {
     const b = sim.addItem(mbx.mailboxId, inbox, { size: 5000, id: "AAMKADCASEtestID+/ABC=" });
     const { store, cleanup } = await tempStore();
     cleanups.push(cleanup);
-    const out = await exportBatch({ mailbox: api, store }, { mailboxId: mbx.mailboxId, items: refs(mbx.mailboxId) });
+    const out = await exportBatch({ mailbox: source, store }, { mailboxId: mbx.mailboxId, items: refs(mbx.mailboxId) });
     expect(out.map((o) => o.status)).toEqual(["exported", "exported"]);
     const [pa, pb] = out.map((o) => (o.status === "exported" ? o.path : ""));
     expect(pa.toLowerCase()).not.toBe(pb.toLowerCase());

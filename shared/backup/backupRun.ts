@@ -2,6 +2,7 @@ import { GraphError, InvalidInputError } from "../errors";
 import { type ExportItemRef, exportBatch } from "../export/exportBatch";
 import type { DeltaPage, MailboxFolder } from "../graph/mailboxApi";
 import type { Services } from "../services";
+import { sourceFor } from "../source";
 import { FORMAT_VERSION, itemObjectPath, mailboxRoot, manifestPath, runRoot, summaryPath } from "../store/naming";
 import { type ManifestLine, outcomeToLine, readManifest, toJsonl } from "./manifest";
 import { planBatches } from "./plan";
@@ -201,7 +202,7 @@ export async function startRun(svc: Services, input: StartRunInput, signal?: Abo
   const baseRunId = state && (await svc.store.statObject(manifestPath(input.mailboxId, state.runId))) ? state.runId : undefined;
   const links = baseRunId && !input.full ? (state as DeltaState).folders : {};
   const folders: RunFolder[] = [];
-  for await (const f of svc.mailbox.walkFolders(input.mailboxId, signal)) {
+  for await (const f of sourceFor(svc.sources, input.mailboxId).walkFolders(input.mailboxId, signal)) {
     const folder = toRunFolder(f);
     if (links[f.id]) folder.deltaLink = links[f.id];
     folders.push(folder);
@@ -246,6 +247,7 @@ export async function planPage(svc: Services, input: PlanPageInput, signal?: Abo
   const types: Record<string, string> = {};
   const deleted: PagePlan["deleted"] = [];
   const rounds: FolderRound[] = [];
+  const source = sourceFor(svc.sources, input.mailboxId);
   if (input.pageNo === 0) {
     const retry = JSON.parse((await svc.store.readText(retryPath(input.mailboxId, input.runId))) ?? "[]") as ExportItemRef[];
     listed.push(...retry);
@@ -263,8 +265,8 @@ export async function planPage(svc: Services, input: PlanPageInput, signal?: Abo
     const full: boolean = starting ? !folder.deltaLink : Boolean(cursor.full);
     let page: DeltaPage;
     try {
-      page = await svc.mailbox.itemsDeltaPage(input.mailboxId, folder.id, link, {
-        pageSize: Math.min(1000, Math.max(10, input.pageItems - listed.length)),
+      page = await source.itemsDeltaPage(input.mailboxId, folder.id, link, {
+        pageSize: Math.min(source.maxDeltaPageSize, Math.max(10, input.pageItems - listed.length)),
         signal,
       });
     } catch (e) {
@@ -301,7 +303,7 @@ export async function planPage(svc: Services, input: PlanPageInput, signal?: Abo
   const plan: PagePlan = {
     formatVersion: FORMAT_VERSION,
     pageNo: input.pageNo,
-    batches: planBatches(toExport, input.batchMaxBytes),
+    batches: planBatches(toExport, input.batchMaxBytes, source.maxExportIds),
     types,
     deleted,
     unchanged,
@@ -314,7 +316,7 @@ export async function planPage(svc: Services, input: PlanPageInput, signal?: Abo
   return { batchCount: plan.batches.length, batchBytes, batchSizes: plan.batches.map((b) => b.length), itemCount: unique.length, next: cursor, foldersDone };
 }
 
-/** Graph's answer to a delta link it no longer honours (410 Gone, or a sync-state error code). */
+/** The answer to a delta link (Graph) or sync state (EWS ErrorInvalidSyncStateData) no longer honoured. */
 function isExpiredDelta(e: unknown): boolean {
   if (!(e instanceof GraphError)) return false;
   return e.status === 410 || /syncstate|resyncrequired|invaliddelta|deltatoken/i.test(e.code);
@@ -326,7 +328,7 @@ export async function exportPlanned(svc: Services, input: ExportPlannedInput, si
   if (!batch) throw new InvalidInputError(`page ${input.pageNo} has no batch ${input.batchNo}`);
   const items = input.itemIndex === undefined ? batch : [batch[input.itemIndex]].filter(Boolean);
   if (items.length === 0) throw new InvalidInputError(`batch ${input.batchNo} has no item ${input.itemIndex}`);
-  const outcomes = await exportBatch({ mailbox: svc.mailbox, store: svc.store, logger: svc.logger }, { mailboxId: input.mailboxId, items }, { signal, retryDelayMs: svc.timing.exportRetryDelayMs });
+  const outcomes = await exportBatch({ mailbox: sourceFor(svc.sources, input.mailboxId), store: svc.store, logger: svc.logger }, { mailboxId: input.mailboxId, items }, { signal, retryDelayMs: svc.timing.exportRetryDelayMs });
   // Only failures that splitting could cure: a whole-call answer that asking again will not change
   // (no permission, token rejected) is recorded for every item instead of churning through retries.
   const callFailures = outcomes.filter((o) => o.status === "failed" && o.scope === "call" && o.retryable);

@@ -1,13 +1,12 @@
-import { MAX_EXPORT_IDS } from "../graph/mailboxApi";
 import type { ExportItemRef } from "../export/exportBatch";
 
 /**
- * Groups items into exportItems calls: at most 20 ids a call, and at most `maxBytes` of listed item
+ * Groups items into export calls: at most `maxItems` ids a call (Graph: 20; EWS: the configured batch), and at most `maxBytes` of listed item
  * size, so that one response stays within what an activity should stream in one go. An item larger
  * than the budget goes alone. Order is kept, so a plan is the same every time it is made.
  */
-export function planBatches(items: readonly ExportItemRef[], maxBytes: number, maxItems = MAX_EXPORT_IDS): ExportItemRef[][] {
-  if (!(maxItems >= 1 && maxItems <= MAX_EXPORT_IDS)) throw new Error(`maxItems must be 1..${MAX_EXPORT_IDS}`);
+export function planBatches(items: readonly ExportItemRef[], maxBytes: number, maxItems = 20): ExportItemRef[][] {
+  if (!(Number.isInteger(maxItems) && maxItems >= 1 && maxItems <= 100)) throw new Error("maxItems must be 1..100");
   const batches: ExportItemRef[][] = [];
   let current: ExportItemRef[] = [];
   let bytes = 0;

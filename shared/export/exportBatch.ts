@@ -1,16 +1,19 @@
 import { describeError, GraphError, InvalidInputError, MailvaultError } from "../errors";
-import type { MailboxApi } from "../graph/mailboxApi";
-import { validateExportIds } from "../graph/mailboxApi";
+import { MAX_EXPORT_IDS, validateExportIds } from "../graph/mailboxApi";
+import { validateEwsIds } from "../ews/ewsSource";
+import type { MailboxSource } from "../source";
+import { TRANSIENT_EWS_CODES } from "../ews/soap";
+import { sleep } from "../graph/graphClient";
 import { type Logger, silentLogger } from "../log";
 import type { ItemStore } from "../store/itemStore";
 import { itemObjectPath } from "../store/naming";
-import { readExportResponse, shortId } from "./exportResponse";
+import { shortId } from "./exportResponse";
 
 /**
- * exportBatch: one batch of at most 20 items, from Exchange to the store, with only metadata
+ * exportBatch: one batch (Graph: at most 20 items; EWS: the configured batch), from Exchange to the store, with only metadata
  * coming back. This is what the Durable export activity runs.
  *
- * For each attempt it calls exportItems once for the items still pending, parses the response as a
+ * For each attempt it calls exportItems (EWS: ExportItems) once for the items still pending, parses the response as a
  * stream and pipes each item's decoded bytes straight into the store under its version path. Items
  * finish one by one: when a response breaks off midway (reset, truncated JSON), the items already
  * stored stay stored, the one in flight leaves nothing visible, and only the rest is asked for again.
@@ -60,7 +63,8 @@ export interface ExportBatchInput {
 }
 
 export interface ExportBatchDeps {
-  mailbox: MailboxApi;
+  /** The mailbox's source (Graph or EWS). */
+  mailbox: MailboxSource;
   store: ItemStore;
   logger?: Logger;
 }
@@ -73,24 +77,18 @@ export interface ExportBatchOptions {
   retryDelayMs?: number;
 }
 
-/** Per-item codes worth asking for again in the next attempt. */
-const TRANSIENT_ITEM_CODES = new Set([
-  "ErrorServerBusy",
-  "ErrorInternalServerTransientError",
-  "ErrorTimeoutExpired",
-  "ErrorMailboxStoreUnavailable",
-  "ErrorMailboxMoveInProgress",
-  "ErrorBatchProcessingStopped",
-  "ErrorExceededConnectionCount",
-]);
+/** Per-item codes worth asking for again in the next attempt (the same for Graph and EWS). */
+const TRANSIENT_ITEM_CODES = TRANSIENT_EWS_CODES;
 
-export function validateBatchInput(input: unknown): ExportBatchInput {
+export function validateBatchInput(input: unknown, maxIds = MAX_EXPORT_IDS): ExportBatchInput {
   const o = input as Partial<ExportBatchInput> | null;
   if (!o || typeof o !== "object" || typeof o.mailboxId !== "string" || !o.mailboxId) {
     throw new InvalidInputError("export batch needs a mailboxId");
   }
   if (!Array.isArray(o.items)) throw new InvalidInputError("export batch needs an items array");
-  validateExportIds(o.items.map((i) => (i as Partial<ExportItemRef> | null)?.itemId));
+  const ids = o.items.map((i) => (i as Partial<ExportItemRef> | null)?.itemId);
+  if (maxIds === MAX_EXPORT_IDS) validateExportIds(ids);
+  else validateEwsIds(ids, maxIds);
   for (const i of o.items) {
     if (typeof i.folderId !== "string") throw new InvalidInputError("every export item needs a folderId");
   }
@@ -102,7 +100,7 @@ export async function exportBatch(deps: ExportBatchDeps, input: ExportBatchInput
   const { mailbox, store } = deps;
   const log = deps.logger ?? silentLogger;
   // 1 to 20 distinct ids, each with a folder: checked before anything is called.
-  validateBatchInput(input);
+  validateBatchInput(input, mailbox.maxExportIds);
 
   const byId = new Map(input.items.map((i) => [i.itemId, i]));
   const done = new Map<string, ItemOutcome>();
@@ -110,16 +108,19 @@ export async function exportBatch(deps: ExportBatchDeps, input: ExportBatchInput
   const lastFailure = new Map<string, ItemOutcome>();
   const maxAttempts = options.maxAttempts ?? 4;
   let delay = options.retryDelayMs ?? 500;
+  /** The longest BackOffMilliseconds the server asked for in this attempt (EWS ErrorServerBusy per item). */
+  let backOffMs = 0;
 
   for (let attempt = 1; attempt <= maxAttempts; attempt++) {
     const pending = input.items.filter((i) => !done.has(i.itemId)).map((i) => i.itemId);
     if (pending.length === 0) break;
+    backOffMs = 0;
     try {
       await mailbox.exportItems(
         input.mailboxId,
         pending,
-        async (body) => {
-          for await (const el of readExportResponse(body)) {
+        async (elements) => {
+          for await (const el of elements) {
             const ref = byId.get(el.itemId);
             if (!ref || done.has(el.itemId) || !pending.includes(el.itemId)) {
               // Not asked for (or already settled): skip it; its data is drained by the reader.
@@ -138,6 +139,7 @@ export async function exportBatch(deps: ExportBatchDeps, input: ExportBatchInput
               };
               if (outcome.retryable) lastFailure.set(ref.itemId, outcome);
               else done.set(ref.itemId, outcome);
+              if (el.backOffMs !== undefined) backOffMs = Math.max(backOffMs, el.backOffMs);
               continue;
             }
             const changeKey = el.changeKey ?? ref.changeKey;
@@ -189,7 +191,8 @@ export async function exportBatch(deps: ExportBatchDeps, input: ExportBatchInput
       if (!retryable) break;
     }
     if (attempt < maxAttempts && input.items.some((i) => !done.has(i.itemId))) {
-      await new Promise((r) => setTimeout(r, delay));
+      // The server's BackOffMilliseconds is a floor: asking sooner is throttled again.
+      await sleep(Math.max(delay, backOffMs), options.signal);
       delay *= 2;
     }
   }
@@ -209,6 +212,6 @@ function failed(ref: ExportItemRef, code: string, message: string, retryable: bo
 /** Errors that mean the response stream is unusable from here on (vs. one item's bad data). */
 function isStreamFailure(e: unknown): boolean {
   if (e instanceof GraphError) return true;
-  if (e instanceof MailvaultError) return e.code === "MalformedJson" || e.code === "ResponseInterrupted" || e.code === "TruncatedResponse" || e.code === "MalformedResponse";
+  if (e instanceof MailvaultError) return e.code === "MalformedJson" || e.code === "MalformedXml" || e.code === "ResponseInterrupted" || e.code === "TruncatedResponse" || e.code === "MalformedResponse";
   return false;
 }

@@ -29,6 +29,8 @@ export interface ExportedError {
   kind: "error";
   itemId: string;
   error: { code: string; message: string };
+  /** The server's BackOffMilliseconds (EWS ErrorServerBusy): wait this long before asking again. */
+  backOffMs?: number;
 }
 
 export type ExportElement = ExportedData | ExportedError;
@@ -146,7 +148,7 @@ function unexpected(t: Token, wanted: string): ProtocolError {
 }
 
 /** Decodes base64 arriving in arbitrary pieces; strict about the alphabet and about padding. */
-class Base64Decoder {
+export class Base64Decoder {
   private parts: string[] = [];
   private partsLength = 0;
   private padding = 0;

@@ -274,7 +274,7 @@ export function parseRetryAfter(v: string | null | undefined): number | undefine
   return Number.isNaN(at) ? undefined : Math.max(0, at - Date.now());
 }
 
-async function readAll(body: Readable, limit: number): Promise<string> {
+export async function readAll(body: Readable, limit: number): Promise<string> {
   const chunks: Buffer[] = [];
   let n = 0;
   for await (const c of body) {
@@ -289,7 +289,7 @@ async function readAll(body: Readable, limit: number): Promise<string> {
   return Buffer.concat(chunks).toString("utf8");
 }
 
-function networkReason(e: unknown): string {
+export function networkReason(e: unknown): string {
   const cause = (e as { cause?: { code?: string; message?: string } }).cause;
   return cause?.code ?? cause?.message ?? (e instanceof Error ? e.message : String(e));
 }

@@ -268,6 +268,10 @@ async function resolveTargets(api: MailboxApi, mailboxes: "*" | string[], skip: 
   }
   const resolved = new Array<{ id: string; mailbox: string } | undefined>(mailboxes.length);
   await eachLimited(mailboxes.map((m, i) => [m, i] as const), SYNC_CONCURRENCY, async ([mailbox, i]) => {
+    if (/^ews:/i.test(mailbox)) {
+      skip(mailbox, "an Exchange Server (EWS) mailbox: Graph change notifications do not reach it; the nightly backup covers it");
+      return;
+    }
     if (/^MBX:/i.test(mailbox)) {
       skip(mailbox, "an MBX: id names no user; subscriptions are made on /users/{id}/messages, so name the mailbox by UPN or user id");
       return;

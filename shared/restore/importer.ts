@@ -3,6 +3,7 @@ import { GraphError, MailvaultError } from "../errors";
 import { parseRetryAfter, sleep } from "../graph/graphClient";
 import type { MailboxApi } from "../graph/mailboxApi";
 import { type Logger, silentLogger } from "../log";
+import type { ImportedItem } from "../source";
 
 /**
  * Uploads stored items into a mailbox through Graph import sessions
@@ -19,11 +20,6 @@ export interface ImportPacing {
 }
 
 export const EXCHANGE_ONLINE_IMPORT_PACING: ImportPacing = { bytesPerWindow: 150 * 1024 * 1024, windowMs: 5 * 60 * 1000 };
-
-export interface ImportedItem {
-  itemId: string;
-  changeKey?: string;
-}
 
 interface Session {
   url: string;

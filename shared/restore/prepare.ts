@@ -16,6 +16,8 @@ export const RestoreBody = z.strictObject({
   items: z.array(z.string().min(1).max(1024)).max(10000).optional(),
   targetFolderName: z.string().min(1).max(255).optional(),
   intoOriginalFolders: z.boolean().optional(),
+  /** create (default), or for EWS targets update / upsert (overwrite in place, re-create when gone). */
+  mode: z.enum(["create", "update", "upsert"]).optional(),
 });
 
 export type RestoreBody = z.infer<typeof RestoreBody>;
@@ -44,7 +46,8 @@ export async function prepareRestore(svc: Services, mailbox: string, body: Resto
     ...(body.folders?.length ? { folders: body.folders } : {}),
     ...(body.items?.length ? { items: body.items } : {}),
     ...(body.targetFolderName ? { targetFolderName: body.targetFolderName } : {}),
-    ...(body.intoOriginalFolders ? { intoOriginalFolders: true } : {}),
+    ...(body.intoOriginalFolders || (body.mode && body.mode !== "create") ? { intoOriginalFolders: true } : {}),
+    ...(body.mode && body.mode !== "create" ? { mode: body.mode } : {}),
   };
 }
 

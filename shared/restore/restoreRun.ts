@@ -3,11 +3,11 @@ import { readManifest, type ManifestLine } from "../backup/manifest";
 import { readFolders, type RunFolder } from "../backup/backupRun";
 import type { Services } from "../services";
 import { mailboxRoot, FORMAT_VERSION, isRunId } from "../store/naming";
-import { Importer } from "./importer";
+import { type ImportMode, resolveMailboxArg, sourceFor } from "../source";
 
 /**
  * Restore: stored item versions of one run back into a mailbox (the same one or another), through
- * Graph import sessions. Each step is one Durable activity and safe to repeat: what a page has
+ * Graph import sessions or EWS UploadItems (the target mailbox id says which). Each step is one Durable activity and safe to repeat: what a page has
  * imported is recorded item by item, so a re-run after a crash skips it instead of importing twice.
  *
  *   startRestore   resolve the target, select the items (scope), write pages of work
@@ -34,6 +34,12 @@ export interface RestoreRequest {
   targetFolderName?: string;
   /** Put items back into folders of the same path (well-known folders by their role), creating missing ones. */
   intoOriginalFolders?: boolean;
+  /**
+   * create (default): new items. update / upsert (EWS targets: UploadItems Update / UpdateOrCreate):
+   * overwrite the backed-up item in place, and with upsert re-create it when it is gone. Both
+   * restore into the original folders.
+   */
+  mode?: ImportMode;
 }
 
 export interface StartRestoreResult {
@@ -89,7 +95,11 @@ const folderMapPath = (r: RestoreRequest) => `${root(r)}/folders.json`;
 export const restoreReportPath = (r: { sourceMailboxId: string; restoreId: string }) => `${root(r)}/report.json`;
 
 export async function startRestore(svc: Services, r: RestoreRequest): Promise<StartRestoreResult> {
-  const target = await svc.mailbox.resolveMailbox(r.target);
+  const target = await resolveMailboxArg(svc.sources, r.target);
+  const mode = r.mode ?? "create";
+  if (!sourceFor(svc.sources, target.mailboxId).importModes.includes(mode)) {
+    throw new InvalidInputError(`restore mode ${mode} needs an Exchange Server (EWS) target mailbox; Graph import sessions restore with mode create`, "UnsupportedRestoreMode");
+  }
   const folders = await readFolders(svc, r.sourceMailboxId, r.runId);
   const wantedFolders = r.folders?.length ? withDescendants(folders, r.folders) : undefined;
   const wantedItems = r.items?.length ? new Set(r.items) : undefined;
@@ -160,29 +170,34 @@ export async function makeFolders(svc: Services, r: RestoreRequest & { targetMai
   }
   const map: Record<string, string> = {};
   let restoreRootId: string | undefined;
-  if (!r.intoOriginalFolders) {
+  const target = sourceFor(svc.sources, r.targetMailboxId);
+  const inPlace = r.intoOriginalFolders || (r.mode ?? "create") !== "create";
+  if (!inPlace) {
     const name = r.targetFolderName ?? `Restored ${r.startedAt.slice(0, 10)} (${r.runId})`;
-    restoreRootId = (await svc.mailbox.createFolder(r.targetMailboxId, undefined, { displayName: name })).id;
+    restoreRootId = (await target.createFolder(r.targetMailboxId, undefined, { displayName: name })).id;
   }
   // Parents before children: folders.json lists the tree breadth first.
   for (const f of folders) {
     if (!needed.has(f.id)) continue;
     const parent = f.parentFolderId && map[f.parentFolderId];
-    if (r.intoOriginalFolders && f.wellKnownName) {
-      const wk = await svc.mailbox.getFolder(r.targetMailboxId, f.wellKnownName);
+    if (inPlace && r.targetMailboxId === r.sourceMailboxId && (await target.getFolder(r.targetMailboxId, f.id))) {
+      // The same mailbox and the folder still exists: the item goes back where it was.
+      map[f.id] = f.id;
+      continue;
+    }
+    if (inPlace && f.wellKnownName) {
+      const wk = await target.getFolder(r.targetMailboxId, f.wellKnownName);
       if (wk) {
         map[f.id] = wk.id;
         continue;
       }
     }
-    const created = await svc.mailbox.createFolder(r.targetMailboxId, parent || restoreRootId, { displayName: f.displayName, type: f.type });
+    const created = await target.createFolder(r.targetMailboxId, parent || restoreRootId, { displayName: f.displayName, type: f.type });
     map[f.id] = created.id;
   }
   await svc.store.writeText(folderMapPath(r), JSON.stringify(map));
   return Object.keys(map).length;
 }
-
-const importers = new WeakMap<Services["mailbox"], Importer>();
 
 export async function restorePage(svc: Services, r: RestoreRequest & { targetMailboxId: string; pageNo: number }): Promise<RestorePageResult> {
   const page = JSON.parse((await svc.store.readText(pagePath(r, r.pageNo))) ?? "[]") as PageItem[];
@@ -194,11 +209,8 @@ export async function restorePage(svc: Services, r: RestoreRequest & { targetMai
     const l = JSON.parse(raw) as DoneLine;
     done.set(l.itemId, l);
   }
-  let importer = importers.get(svc.mailbox);
-  if (!importer) {
-    importer = new Importer(svc.mailbox, svc.limits.importPacing, svc.logger, svc.timing.importRetryDelayMs);
-    importers.set(svc.mailbox, importer);
-  }
+  const target = sourceFor(svc.sources, r.targetMailboxId);
+  const mode = r.mode ?? "create";
   const result: RestorePageResult = { imported: 0, alreadyImported: 0, failed: 0, bytes: 0 };
   const write = () => svc.store.writeText(donePathN, [...done.values()].map((l) => JSON.stringify(l) + "\n").join(""));
   for (const item of page) {
@@ -210,7 +222,7 @@ export async function restorePage(svc: Services, r: RestoreRequest & { targetMai
     let line: DoneLine;
     try {
       if (!folderId) throw new InvalidInputError("no target folder for this item's folder", "NoTargetFolder");
-      const imported = await importer.importItem(r.targetMailboxId, folderId, item.size, () => svc.store.openObject(item.path));
+      const imported = await target.importItem(r.targetMailboxId, { folderId, size: item.size, open: () => svc.store.openObject(item.path), mode, ...(mode === "create" ? {} : { itemId: item.itemId }) });
       line = { itemId: item.itemId, status: "imported", newItemId: imported.itemId, size: item.size };
       result.imported++;
       result.bytes += item.size;
