@@ -104,6 +104,48 @@ param notificationUrl string = ''
 @description('MAILVAULT_NOTIFICATION_CLIENT_STATE: the clientState secret of every subscription (16 to 128 characters), e.g. openssl rand -hex 32. Required with notificationUrl.')
 param notificationClientState string = ''
 
+// Exchange Server mailboxes through EWS (README, "Exchange Server (EWS)"). Off while ewsUrl is
+// empty. The app must be able to reach the URL: publish EWS over https (reverse proxy, or VNet
+// integration of the Function App with a route to the Exchange servers).
+@description('MAILVAULT_EWS_URL: https://<exchange>/EWS/Exchange.asmx. Empty: EWS off.')
+param ewsUrl string = ''
+
+@allowed([
+  'oauth'
+  'basic'
+])
+@description('MAILVAULT_EWS_AUTH: oauth (the managed identity, for MAILVAULT_EWS_TOKEN_SCOPE) or basic (service account).')
+param ewsAuth string = 'oauth'
+
+@description('MAILVAULT_EWS_TOKEN_SCOPE: token scope of oauth EWS sign-in.')
+param ewsTokenScope string = 'https://outlook.office365.com/.default'
+
+@description('MAILVAULT_EWS_USERNAME: service account of basic EWS sign-in (ApplicationImpersonation role).')
+param ewsUsername string = ''
+
+@secure()
+@description('MAILVAULT_EWS_PASSWORD: its password, or a Key Vault reference @Microsoft.KeyVault(SecretUri=...).')
+param ewsPassword string = ''
+
+@description('MAILVAULT_EWS_IMPERSONATION: act for mailboxes through ExchangeImpersonation (true) or delegate access (false).')
+param ewsImpersonation bool = true
+
+@allowed([
+  'Exchange2010_SP1'
+  'Exchange2010_SP2'
+  'Exchange2013'
+  'Exchange2013_SP1'
+  'Exchange2015'
+  'Exchange2016'
+])
+@description('MAILVAULT_EWS_SERVER_VERSION: RequestServerVersion (Exchange2010_SP1 or later).')
+param ewsServerVersion string = 'Exchange2010_SP1'
+
+@minValue(1)
+@maxValue(100)
+@description('MAILVAULT_EWS_BATCH_ITEMS: items per EWS ExportItems call (Microsoft advises at most 100).')
+param ewsBatchItems int = 50
+
 @description('MAILVAULT_VERIFY_SCHEDULE: NCRONTAB schedule of the scheduled verification of stored backups.')
 param verifySchedule string = '0 0 5 * * Sun'
 
@@ -544,6 +586,7 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
 // MAILVAULT_NOTIFICATION_CLIENT_STATE are secrets that Graph's change notifications need. They come
 // from @secure() parameters (kept out of deployment logs), are empty unless you enable
 // notifications, and can be Key Vault references (@Microsoft.KeyVault(SecretUri=...)) instead.
+// The same holds for MAILVAULT_EWS_PASSWORD (Basic sign-in to an Exchange Server), empty unless set.
 //
 // The remaining names are platform settings. Flex Consumption takes the runtime and its version
 // from functionAppConfig and rejects FUNCTIONS_WORKER_RUNTIME / FUNCTIONS_EXTENSION_VERSION, so they
@@ -574,6 +617,14 @@ var appSettings = {
   MAILVAULT_SUBSCRIPTION_RENEW_SCHEDULE: subscriptionRenewSchedule
   MAILVAULT_VERIFY_SCHEDULE: verifySchedule
   MAILVAULT_CHANGE_QUIET_SECONDS: string(changeQuietSeconds)
+  MAILVAULT_EWS_URL: ewsUrl
+  MAILVAULT_EWS_AUTH: ewsAuth
+  MAILVAULT_EWS_TOKEN_SCOPE: ewsTokenScope
+  MAILVAULT_EWS_USERNAME: ewsUsername
+  MAILVAULT_EWS_PASSWORD: ewsPassword
+  MAILVAULT_EWS_IMPERSONATION: string(ewsImpersonation)
+  MAILVAULT_EWS_SERVER_VERSION: ewsServerVersion
+  MAILVAULT_EWS_BATCH_ITEMS: string(ewsBatchItems)
 }
 
 resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {
