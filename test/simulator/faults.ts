@@ -9,9 +9,9 @@ import type { RouteName } from "./stats";
 export type FaultRoute = RouteName | "any";
 
 export interface FaultMatch {
-  /** Route the rule applies to (`any`: every route). */
+  /** Route the rule applies to (`any`: every route, EWS operations included). */
   route: FaultRoute;
-  /** Only requests for this mailbox (MBX id, case-insensitive). Settings requests match their user's mailbox. */
+  /** Only requests for this mailbox (MBX id, case-insensitive). Settings requests match their user's mailbox; EWS requests their acting mailbox. */
   mailboxId?: string;
   /** How many times the rule fires before it is used up. Default 1. */
   times?: number;
@@ -19,21 +19,36 @@ export interface FaultMatch {
   every?: number;
   /** Fire with this probability (0..1) on each matching request, from the plan's seeded PRNG. */
   probability?: number;
-  /** exportItems only: fire only for calls whose itemIds include this id (a "poison" item). */
+  /**
+   * Fire only for calls whose item ids include this id (a "poison" item): Graph exportItems (body
+   * faults), and every EWS route (all kinds; the ids are the request's ItemIds).
+   */
   containsItemId?: string;
 }
 
 export type FaultKind =
-  /** Answer with this status and a Graph error body (`code` default from the status). */
+  /**
+   * Answer with this status and a Graph error body (`code` default from the status). EWS routes: a
+   * SOAP fault body for 500 (faultcode `code`, default ErrorInternalServerError), else an empty body.
+   */
   | { kind: "status"; status: number; code?: string; message?: string; retryAfterSeconds?: number }
   /** Destroy the socket after `afterBytes` (default 100) bytes of a 200 body. */
   | { kind: "resetMidBody"; afterBytes?: number }
-  /** End a 200 body cleanly after `afterBytes` (default 100) bytes (always at least one byte short). */
+  /** End a 200 body cleanly after `afterBytes` (default 100) bytes (always at least one byte short; EWS: the XML body). */
   | { kind: "truncateJson"; afterBytes?: number }
-  /** exportItems: this item's `data` contains characters that are not base64. */
+  /** exportItems / ewsExportItems: this item's `data` (`m:Data`) contains characters that are not base64. */
   | { kind: "invalidBase64"; itemId: string }
-  /** exportItems: this item gets a per-item error inside the 200. */
-  | { kind: "itemError"; itemId: string; code?: string; message?: string }
+  /**
+   * exportItems / ewsExportItems: this item gets a per-item error inside the 200. EWS: an Error
+   * message in place of the item's; `backOffMs` adds `<m:MessageXml><t:Value Name="BackOffMilliseconds">`
+   * (use with `code: "ErrorServerBusy"`).
+   */
+  | { kind: "itemError"; itemId: string; code?: string; message?: string; backOffMs?: number }
+  /**
+   * EWS routes: the whole request gets a SOAP fault (`faultcode a:<code>`, detail ResponseCode and
+   * Message, and MessageXml BackOffMilliseconds when `backOffMs` is set), HTTP `httpStatus` (default 500).
+   */
+  | { kind: "soapFault"; code: string; message?: string; backOffMs?: number; httpStatus?: number }
   /** Wait `ms` before the response starts. */
   | { kind: "delayMs"; ms: number };
 

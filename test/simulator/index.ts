@@ -8,12 +8,17 @@
  *
  * Point the product at it with GRAPH_ENDPOINT=sim.url, GRAPH_API_VERSION=v1.0 (or beta) and the
  * bearer token sim.token (see `sim.env()`).
+ *
+ * The same server speaks an EWS subset at `sim.ewsUrl` (`POST /EWS/Exchange.asmx`, see ews.ts and
+ * README "EWS part") over the same model: a mailbox is reachable through Graph (MBX id) or EWS (its
+ * SMTP address = UPN). `sim.ewsEnv()` gives MAILVAULT_EWS_URL and EWS_ACCESS_TOKEN.
  */
 import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { randomBytes, randomUUID } from "node:crypto";
 import { contentSha256, type ContentKey } from "./content";
 import { FaultPlan } from "./faults";
+import { EWS_PATH, EwsHandler, type EwsConfig } from "./ews";
 import { GraphHandler, type GraphConfig } from "./graph";
 import type { ImportUsage, SimImportSession } from "./imports";
 import { SimModel, type MailboxState, type SimFolder, type SimImportedItem, type SimItem, type SimMailbox, type SimUser } from "./model";
@@ -23,8 +28,10 @@ import type { LifecycleEventName, NotificationDelivery, SimSubscription, Subscri
 
 export { FaultPlan } from "./faults";
 export type { ActiveFault, FaultFiring, FaultKind, FaultMatch, FaultRoute, FaultRule } from "./faults";
-export { SimStats } from "./stats";
-export type { RouteName } from "./stats";
+export { SimStats, EwsStats, EWS_OPERATIONS, EWS_ROUTE_NAMES } from "./stats";
+export type { EwsOperation, EwsRequestLogEntry, EwsRouteName, EwsServerBusyEntry, RouteName } from "./stats";
+export type { EwsConfig } from "./ews";
+export { EWS_PATH, NS_MESSAGES, NS_SOAP, NS_TYPES, NS_ERRORS } from "./ews";
 export type { SimFolder, SimImportedItem, SimItem, SimMailbox, SimUser, WellKnownName } from "./model";
 export type { ImportUsage, SimImportSession } from "./imports";
 export { WELL_KNOWN_FOLDERS } from "./model";
@@ -50,6 +57,9 @@ export interface SimChange {
   itemId: string;
   changeType?: "created" | "updated" | "deleted";
 }
+
+/** The simulator's live settings: Graph's and EWS's. */
+export type SimConfig = GraphConfig & EwsConfig;
 
 export interface SimulatorOptions {
   /** Bearer token to accept (default: a random one). */
@@ -92,6 +102,22 @@ export interface SimulatorOptions {
   allowLoopbackHttp?: boolean;
   /** Handler errors (simulator bugs) go here; default console.error. */
   onError?: (err: unknown) => void;
+  /** EWS Basic auth user name (default `svc-backup`). */
+  ewsUsername?: string;
+  /** EWS Basic auth password (default: a random one, `sim.ewsPassword`). */
+  ewsPassword?: string;
+  /** Impersonated EWS requests must carry X-AnchorMailbox = the impersonated address (default true). */
+  ewsRequireAnchorMailbox?: boolean;
+  /** Most ItemIds per EWS ExportItems call (default 100; more: HTTP 500 fault ErrorInvalidRequest). */
+  ewsMaxExportItems?: number;
+  /** Largest EWS request body (default 35 MiB; larger: 413). */
+  ewsMaxRequestBodyBytes?: number;
+  /** EWS requests in flight per acting mailbox before ErrorServerBusy (default 4). */
+  ewsMaxConcurrentPerMailbox?: number;
+  /** BackOffMilliseconds of concurrency ErrorServerBusy faults (default 1000). */
+  ewsBackOffMs?: number;
+  /** Wrap ExportItems base64 Data at 76 characters (default true). */
+  ewsWrapBase64?: boolean;
 }
 
 export class ExchangeSimulator {
@@ -103,18 +129,19 @@ export class ExchangeSimulator {
   readonly faults: FaultPlan;
   /** Counters; reset with `resetStats()`. */
   readonly stats: SimStats;
-  /** Live settings (latency, concurrency, pacing...): may be changed between requests. */
-  readonly config: GraphConfig;
+  /** Live settings (latency, concurrency, pacing, EWS limits...): may be changed between requests. */
+  readonly config: SimConfig;
   /** The tenant GUID in every `MBX:<mailbox>@<tenant>` id. */
   readonly tenantId: string;
 
   private readonly model: SimModel;
   private readonly graph: GraphHandler;
+  private readonly ews: EwsHandler;
   private readonly shaCache = new Map<string, string>();
 
   private constructor(
     private readonly server: Server,
-    parts: { url: string; model: SimModel; faults: FaultPlan; stats: SimStats; config: GraphConfig; graph: GraphHandler },
+    parts: { url: string; model: SimModel; faults: FaultPlan; stats: SimStats; config: SimConfig; graph: GraphHandler; ews: EwsHandler },
   ) {
     this.url = parts.url;
     this.token = parts.config.token;
@@ -124,6 +151,7 @@ export class ExchangeSimulator {
     this.stats = parts.stats;
     this.config = parts.config;
     this.graph = parts.graph;
+    this.ews = parts.ews;
   }
 
   /** Starts a simulator listening on 127.0.0.1. */
@@ -135,7 +163,7 @@ export class ExchangeSimulator {
     faults.onFire = (f) => {
       stats.faultsFired[f.kind] = (stats.faultsFired[f.kind] ?? 0) + 1;
     };
-    const config: GraphConfig = {
+    const config: SimConfig = {
       token: options.token ?? randomBytes(24).toString("base64url"),
       maxConcurrentPerMailbox: options.maxConcurrentPerMailbox ?? 4,
       concurrencyRetryAfterSeconds: options.concurrencyRetryAfterSeconds ?? 1,
@@ -153,11 +181,21 @@ export class ExchangeSimulator {
       validationTimeoutMs: options.validationTimeoutMs ?? 10_000,
       allowLoopbackHttp: options.allowLoopbackHttp ?? true,
       onError: options.onError ?? ((err) => console.error("ExchangeSimulator:", err)),
+      ewsUsername: options.ewsUsername ?? "svc-backup",
+      ewsPassword: options.ewsPassword ?? randomBytes(18).toString("base64url"),
+      ewsRequireAnchorMailbox: options.ewsRequireAnchorMailbox ?? true,
+      ewsMaxExportItems: options.ewsMaxExportItems ?? 100,
+      ewsMaxRequestBodyBytes: options.ewsMaxRequestBodyBytes ?? 35 * 1024 * 1024,
+      ewsMaxConcurrentPerMailbox: options.ewsMaxConcurrentPerMailbox ?? 4,
+      ewsBackOffMs: options.ewsBackOffMs ?? 1000,
+      ewsWrapBase64: options.ewsWrapBase64 ?? true,
     };
     let url = "";
     const graph = new GraphHandler(model, faults, stats, config, () => url);
+    const ews = new EwsHandler(model, faults, stats, config);
     const server = createServer((req, res) => {
-      void graph.handle(req, res);
+      if (EwsHandler.matches(req.url)) void ews.handle(req, res);
+      else void graph.handle(req, res);
     });
     server.keepAliveTimeout = 30_000;
     await new Promise<void>((resolve, reject) => {
@@ -168,7 +206,50 @@ export class ExchangeSimulator {
       });
     });
     url = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
-    return new ExchangeSimulator(server, { url, model, faults, stats, config, graph });
+    return new ExchangeSimulator(server, { url, model, faults, stats, config, graph, ews });
+  }
+
+  // ---- EWS -----------------------------------------------------------------------------------
+
+  /** `${url}/EWS/Exchange.asmx` */
+  get ewsUrl(): string {
+    return `${this.url}${EWS_PATH}`;
+  }
+
+  /** Basic auth user name EWS accepts (`config.ewsUsername`). */
+  get ewsUsername(): string {
+    return this.config.ewsUsername;
+  }
+
+  /** Basic auth password EWS accepts (`config.ewsPassword`). */
+  get ewsPassword(): string {
+    return this.config.ewsPassword;
+  }
+
+  /** `Authorization` header value for EWS Basic auth with the configured credentials. */
+  ewsBasicAuth(): string {
+    return `Basic ${Buffer.from(`${this.config.ewsUsername}:${this.config.ewsPassword}`, "utf8").toString("base64")}`;
+  }
+
+  /** Environment for the product's EWS source: MAILVAULT_EWS_URL and EWS_ACCESS_TOKEN (the bearer token). */
+  ewsEnv(): Record<"MAILVAULT_EWS_URL" | "EWS_ACCESS_TOKEN", string> {
+    return { MAILVAULT_EWS_URL: this.ewsUrl, EWS_ACCESS_TOKEN: this.token };
+  }
+
+  /** A mailbox's GUID (EWS `MailboxGuid`, the guid part of its MBX id), by MBX id, UPN or user id. */
+  mailboxGuid(idOrUpn: string): string {
+    return this.mbx(idOrUpn).mailboxGuid;
+  }
+
+  /** The mailbox whose primary SMTP address (= UPN) is `address`, case-insensitive. */
+  findMailboxBySmtp(address: string): SimMailbox | undefined {
+    const m = this.ews.mailboxBySmtp(address);
+    return m ? this.model.mailboxSnapshot(m) : undefined;
+  }
+
+  /** EWS requests currently in flight for a mailbox (acting mailbox). */
+  ewsInFlight(mailboxId: string): number {
+    return this.ews.inFlightOf(this.mbx(mailboxId).mailboxId);
   }
 
   /** Environment for the product: GRAPH_ENDPOINT, GRAPH_API_VERSION, GRAPH_ACCESS_TOKEN. */
@@ -251,7 +332,7 @@ export class ExchangeSimulator {
     this.model.deleteFolder(this.mbx(mailboxId), folderId);
   }
 
-  /** Every delta/skip token issued so far for this mailbox now gets 410 SyncStateNotFound. */
+  /** Every delta/skip token (Graph: 410 SyncStateNotFound) and EWS sync state (ErrorInvalidSyncStateData) issued so far for this mailbox becomes invalid. */
   invalidateDeltaTokens(mailboxId: string): void {
     this.mbx(mailboxId).epoch++;
   }
@@ -338,7 +419,7 @@ export class ExchangeSimulator {
 
   // ---- import ------------------------------------------------------------------------------
 
-  /** Successful importItem calls into the mailbox (create and update), in call order. */
+  /** Successful imports into the mailbox (Graph importItem and EWS UploadItems, `via`), in call order. */
   importedItems(mailboxId: string): SimImportedItem[] {
     return [...this.mbx(mailboxId).importLog];
   }

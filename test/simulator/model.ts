@@ -39,6 +39,8 @@ export interface SimMailbox {
   readonly displayName: string;
   /** Folder ids of the well-known folders, by well-known name. */
   readonly wellKnownFolders: Readonly<Record<WellKnownName, string>>;
+  /** The mailbox GUID (the guid part of `mailboxId`; EWS `MailboxGuid`). */
+  readonly mailboxGuid: string;
 }
 
 /** A snapshot of a folder. */
@@ -65,10 +67,13 @@ export interface SimItem {
   readonly lastModifiedDateTime: string;
 }
 
-/** One successful importItem call (`sim.importedItems(mailboxId)`), in call order. */
+/** One successful import (Graph importItem or EWS UploadItems item, `sim.importedItems(mailboxId)`), in call order. */
 export interface SimImportedItem {
   readonly mailboxId: string;
+  /** `create` (Graph create, EWS CreateNew or UpdateOrCreate that created) or `update`. */
   readonly mode: "create" | "update";
+  /** The surface the import came through: Graph importItem or EWS UploadItems. */
+  readonly via: "graph" | "ews";
   readonly itemId: string;
   /** The changeKey the import produced (later changes to the item do not alter this record). */
   readonly changeKey: string;
@@ -91,6 +96,8 @@ export interface FolderRec {
   wellKnownName: string | null;
   /** mailbox seq of the last change to this folder's own properties or position */
   seq: number;
+  /** mailbox seq of the folder's creation (EWS SyncFolderHierarchy: Create vs Update) */
+  createdSeq: number;
   children: Set<string>;
   items: Set<string>;
   /** items that left this folder (deleted or moved out), with the seq of that change */
@@ -107,6 +114,8 @@ export interface ItemRec {
   created: string;
   modified: string;
   seq: number;
+  /** mailbox seq at which the item entered its current folder (creation or move; EWS SyncFolderItems: Create vs Update) */
+  enteredSeq: number;
   version: number;
   /** The current version's bytes when that version came from importItem (else generated). */
   content?: Buffer;
@@ -127,6 +136,8 @@ export class MailboxState {
   readonly importedShas = new Map<string, string>();
   /** Successful importItem calls, in order. */
   readonly importLog: SimImportedItem[] = [];
+  /** Last changeKey of deleted items and folders (EWS sync `Delete` entries carry one). */
+  readonly deletedChangeKeys = new Map<string, string>();
   readonly idPrefix: Buffer;
   rootId = "";
 
@@ -139,6 +150,11 @@ export class MailboxState {
     this.idPrefix = Buffer.from(mailboxId, "utf8");
   }
 
+  /** The GUID part of `MBX:<guid>@<tenant>` (EWS `MailboxGuid`). */
+  get mailboxGuid(): string {
+    return /^MBX:([^@]+)@/i.exec(this.mailboxId)?.[1] ?? this.mailboxId;
+  }
+
   /** A folder by exact id or by well-known name (case-insensitive). */
   resolveFolder(idOrName: string): FolderRec | undefined {
     return this.folders.get(idOrName) ?? this.folders.get(this.wellKnown.get(idOrName.toLowerCase()) ?? "");
@@ -147,6 +163,11 @@ export class MailboxState {
   nextSeq(): number {
     return ++this.seq;
   }
+}
+
+/** A folder's EWS ChangeKey: derived from its id and the seq of its last change. */
+export function folderChangeKey(mbx: MailboxState, f: FolderRec): string {
+  return changeKeyFor(mbx.mailboxId, f.id, "folder", f.seq);
 }
 
 /** ISO 8601 UTC without milliseconds, as Graph prints DateTimeOffset. */
@@ -224,13 +245,15 @@ export class SimModel {
     spec: { displayName: string; type: string; wellKnownName: string | null },
   ): FolderRec {
     const id = exchangeId(mbx.idPrefix, "folder", mbx.mailboxId, mbx.folderCounter++);
+    const seq = mbx.nextSeq();
     const rec: FolderRec = {
       id,
       displayName: spec.displayName,
       parentFolderId,
       type: spec.type,
       wellKnownName: spec.wellKnownName,
-      seq: mbx.nextSeq(),
+      seq,
+      createdSeq: seq,
       children: new Set(),
       items: new Set(),
       itemTombstones: new Map(),
@@ -297,7 +320,12 @@ export class SimModel {
         const child = mbx.folders.get(c);
         if (child) drop(child);
       }
-      for (const i of rec.items) mbx.items.delete(i);
+      for (const i of rec.items) {
+        const item = mbx.items.get(i);
+        if (item) mbx.deletedChangeKeys.set(i, item.changeKey);
+        mbx.items.delete(i);
+      }
+      mbx.deletedChangeKeys.set(rec.id, folderChangeKey(mbx, rec));
       mbx.folders.delete(rec.id);
       mbx.folderTombstones.set(rec.id, seq);
     };
@@ -334,6 +362,7 @@ export class SimModel {
     if (id === "") throw new Error("simulator: empty item id");
     if (mbx.items.has(id)) throw new Error(`simulator: item ${id} already exists`);
     const created = spec.createdDateTime ?? isoSeconds(new Date());
+    const seq = mbx.nextSeq();
     const rec: ItemRec = {
       id,
       changeKey: changeKeyFor(mbx.mailboxId, id, 0),
@@ -342,7 +371,8 @@ export class SimModel {
       folderId: folder.id,
       created,
       modified: created,
-      seq: mbx.nextSeq(),
+      seq,
+      enteredSeq: seq,
       version: 0,
     };
     mbx.items.set(id, rec);
@@ -377,6 +407,7 @@ export class SimModel {
     const folder = this.folder(mbx, i.folderId);
     folder.items.delete(i.id);
     folder.itemTombstones.set(i.id, mbx.nextSeq());
+    mbx.deletedChangeKeys.set(i.id, i.changeKey);
     mbx.items.delete(i.id);
   }
 
@@ -393,33 +424,35 @@ export class SimModel {
     to.itemTombstones.delete(i.id);
     i.folderId = to.id;
     i.seq = seq;
+    i.enteredSeq = seq;
     return i;
   }
 
   // ---- import ------------------------------------------------------------------------------
 
-  /** importItem `create`: a new item (new id and changeKey) whose bytes are exactly `data`. */
-  importCreate(mbx: MailboxState, folderId: string, data: Buffer): ItemRec {
+  /** importItem `create` (or EWS UploadItems CreateNew): a new item (new id and changeKey) whose bytes are exactly `data`. */
+  importCreate(mbx: MailboxState, folderId: string, data: Buffer, via: "graph" | "ews" = "graph"): ItemRec {
     const rec = this.addItem(mbx, folderId, { size: data.length });
     rec.content = data;
-    this.logImport(mbx, "create", rec);
+    this.logImport(mbx, "create", rec, via);
     return rec;
   }
 
-  /** importItem `update`: same id, new changeKey, bytes replaced by `data`. */
-  importUpdate(mbx: MailboxState, itemId: string, data: Buffer): ItemRec {
+  /** importItem `update` (or EWS UploadItems Update): same id, new changeKey, bytes replaced by `data`. */
+  importUpdate(mbx: MailboxState, itemId: string, data: Buffer, via: "graph" | "ews" = "graph"): ItemRec {
     const rec = this.modifyItem(mbx, itemId, { size: data.length });
     rec.content = data;
-    this.logImport(mbx, "update", rec);
+    this.logImport(mbx, "update", rec, via);
     return rec;
   }
 
-  private logImport(mbx: MailboxState, mode: "create" | "update", rec: ItemRec): void {
+  private logImport(mbx: MailboxState, mode: "create" | "update", rec: ItemRec, via: "graph" | "ews"): void {
     const sha256 = createHash("sha256").update(rec.content ?? Buffer.alloc(0)).digest("hex");
     mbx.importedShas.set(`${rec.id}\0${rec.changeKey}`, sha256);
     mbx.importLog.push({
       mailboxId: mbx.mailboxId,
       mode,
+      via,
       itemId: rec.id,
       changeKey: rec.changeKey,
       folderId: rec.folderId,
@@ -484,7 +517,7 @@ export class SimModel {
     const wk = {} as Record<WellKnownName, string>;
     wk.msgfolderroot = mbx.rootId;
     for (const n of WELL_KNOWN_FOLDERS) wk[n] = mbx.wellKnown.get(n) ?? "";
-    return { mailboxId: mbx.mailboxId, upn: mbx.upn, userId: mbx.userId, displayName: mbx.displayName, wellKnownFolders: Object.freeze(wk) };
+    return { mailboxId: mbx.mailboxId, upn: mbx.upn, userId: mbx.userId, displayName: mbx.displayName, wellKnownFolders: Object.freeze(wk), mailboxGuid: mbx.mailboxGuid };
   }
 
   folderSnapshot(mbx: MailboxState, f: FolderRec): SimFolder {

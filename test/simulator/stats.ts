@@ -1,7 +1,13 @@
 /** Counters the tests and benchmarks assert on. Reset with `sim.resetStats()`. */
 
-/** The Graph routes the simulator serves (also the route names of fault rules). */
+/** The EWS operations the simulator serves, by route name (`ews` + operation). */
+export type EwsRouteName = "ewsGetFolder" | "ewsSyncFolderHierarchy" | "ewsSyncFolderItems" | "ewsExportItems" | "ewsUploadItems" | "ewsCreateFolder";
+
+export const EWS_ROUTE_NAMES: readonly EwsRouteName[] = ["ewsGetFolder", "ewsSyncFolderHierarchy", "ewsSyncFolderItems", "ewsExportItems", "ewsUploadItems", "ewsCreateFolder"];
+
+/** The Graph routes and EWS operations the simulator serves (also the route names of fault rules). */
 export type RouteName =
+  | EwsRouteName
   | "settings"
   | "users"
   | "folders"
@@ -26,7 +32,74 @@ export const ROUTE_NAMES: readonly RouteName[] = [
   "createImportSession",
   "importItem",
   "subscriptions",
+  ...EWS_ROUTE_NAMES,
 ];
+
+/** EWS operations the simulator serves. */
+export type EwsOperation = "GetFolder" | "SyncFolderHierarchy" | "SyncFolderItems" | "ExportItems" | "UploadItems" | "CreateFolder";
+
+export const EWS_OPERATIONS: readonly EwsOperation[] = ["GetFolder", "SyncFolderHierarchy", "SyncFolderItems", "ExportItems", "UploadItems", "CreateFolder"];
+
+/** An admitted EWS request (`stats.ews.log`): when it arrived, its acting mailbox and operation. */
+export interface EwsRequestLogEntry {
+  at: number;
+  mailboxId: string | null;
+  operation: EwsOperation;
+  route: EwsRouteName;
+}
+
+/**
+ * An ErrorServerBusy the simulator issued (`stats.ews.serverBusy`): when, for which mailbox and
+ * operation, its BackOffMilliseconds, and its cause: the concurrency limit, a `soapFault` rule, or an
+ * `itemError` rule (a per-item message inside an ExportItems response; `itemId` set).
+ */
+export interface EwsServerBusyEntry {
+  at: number;
+  mailboxId: string | null;
+  operation: EwsOperation;
+  route: EwsRouteName;
+  backOffMs: number;
+  source: "concurrency" | "soapFault" | "itemError";
+  itemId?: string;
+}
+
+/** EWS counters (`stats.ews`). */
+export class EwsStats {
+  /** Requests per operation, counted once the operation is parsed (also in `stats.requests.ews*`). */
+  requests: Record<EwsOperation, number> = emptyOperationCounts();
+  /** Requests whose body named no known operation (fault ErrorInvalidRequest). */
+  unknownOperations = 0;
+  /** ErrorServerBusy faults caused by `ewsMaxConcurrentPerMailbox`. */
+  throttled = 0;
+  /** Highest number of simultaneous in-flight EWS requests seen, by acting mailbox id. */
+  peakInFlight: Record<string, number> = {};
+  /** Impersonated requests rejected because X-AnchorMailbox was missing or different (HTTP 400). */
+  anchorMailboxRejected = 0;
+  /** SyncFolderItems messages rejected for a missing or out-of-range MaxChangesReturned. */
+  invalidMaxChanges = 0;
+  /** Error ResponseCodes written (per response message and SOAP faults), by code. */
+  errorCodes: Record<string, number> = {};
+  /** Successful ExportItems messages (with Data). */
+  itemsExported = 0;
+  /** Successful ExportItems messages per item id. */
+  exportedItemIds = new Map<string, number>();
+  /** Error messages written inside ExportItems responses. */
+  itemErrors = 0;
+  /** Successful UploadItems items (CreateNew, Update, UpdateOrCreate). */
+  uploadedItems = 0;
+  /** Decoded Data bytes of successful UploadItems items. */
+  uploadedBytes = 0;
+  /** Every admitted request, in order of arrival. */
+  log: EwsRequestLogEntry[] = [];
+  /** Every ErrorServerBusy issued (faults and per-item messages), in order. */
+  serverBusy: EwsServerBusyEntry[] = [];
+}
+
+function emptyOperationCounts(): Record<EwsOperation, number> {
+  const r = {} as Record<EwsOperation, number>;
+  for (const n of EWS_OPERATIONS) r[n] = 0;
+  return r;
+}
 
 export class SimStats {
   /** Requests per route (counted on arrival, whatever the outcome; unroutable requests are not counted here). */
@@ -60,6 +133,9 @@ export class SimStats {
   /** importItem 429s caused by the upload budget (`importBytesPerWindow` per `importWindowMs`). */
   importThrottled = 0;
 
+  /** EWS counters and logs (requests per operation, throttling, back-off log...). */
+  ews = new EwsStats();
+
   /** 429s by cause. */
   get throttled(): { concurrency: number; injected: number } {
     return { concurrency: this.throttledByConcurrency, injected: this.throttledByFault };
@@ -88,6 +164,7 @@ export class SimStats {
     this.importedItems = 0;
     this.importedBytes = 0;
     this.importThrottled = 0;
+    this.ews = new EwsStats();
   }
 }
 
