@@ -1,11 +1,12 @@
 /**
  * npm run demo: the whole product on this machine, no Azure account needed.
  *
- *  1. starts the Exchange simulator (real HTTP on loopback, Graph's JSON shapes and limits) with a
- *     small sample tenant of two mailboxes;
+ *  1. starts the Exchange simulator (real HTTP on loopback, Graph's JSON shapes and EWS's SOAP, with
+ *     their limits) with a small sample organisation: two Exchange Online mailboxes (Graph) and one
+ *     Exchange Server mailbox (EWS);
  *  2. starts the app on the local durable host (the real Functions registrations and the real
  *     durable-functions replay engine), storing into a local folder;
- *  3. backs up both mailboxes through the app's HTTP trigger, exactly as a caller would in Azure
+ *  3. backs up the three mailboxes through the app's HTTP trigger, exactly as a caller would in Azure
  *     (POST /api/mailboxes/{mailbox}/backups with a function key), and follows the status URL;
  *  4. verifies every stored item against its manifest;
  *  5. changes a few items and backs up again: only the changes are exported (incremental);
@@ -32,9 +33,12 @@ async function main(): Promise<void> {
     sim.generateMailbox({ upn: "adele.vance@contoso.com", folders: 12, maxDepth: 3, items: 400, seed: 1, size: sampleSize }),
     sim.generateMailbox({ upn: "alex.wilber@contoso.com", folders: 8, maxDepth: 2, items: 250, seed: 2, size: sampleSize }),
   ];
-  say(`Exchange simulator on ${sim.url}: ${mailboxes.length} mailboxes, ${mailboxes.reduce((n, m) => n + sim.listItems(m.mailboxId).length, 0)} items`);
+  // On premises: reached through EWS (`ews:<address>`), same orchestrations, same store format.
+  const onPrem = sim.generateMailbox({ upn: "megan.bowen@contoso.local", folders: 6, maxDepth: 2, items: 200, seed: 3, size: sampleSize });
+  const targets = [...mailboxes.map((m) => m.upn), `ews:${onPrem.upn}`];
+  say(`Exchange simulator on ${sim.url}: ${mailboxes.length} Exchange Online mailboxes (Graph), 1 Exchange Server mailbox (EWS at ${sim.ewsUrl}), ${[...mailboxes, onPrem].reduce((n, m) => n + sim.listItems(m.mailboxId).length, 0)} items`);
 
-  const env = { ...process.env, ...sim.env("v1.0") };
+  const env = { ...process.env, ...sim.env("v1.0"), ...sim.ewsEnv() };
   const store = new LocalItemStore(STORE_DIR);
   const services = createServices(env, { store, logger: lineLogger((l) => process.stderr.write(l + "\n"), "warn") });
   const app = await startLocalApp(services, { functionKey: FUNCTION_KEY });
@@ -48,19 +52,19 @@ async function main(): Promise<void> {
   };
   try {
     await Promise.all(
-      mailboxes.map(async (m) => {
-        const url = `${app.host.baseUrl}/api/mailboxes/${encodeURIComponent(m.upn)}/backups`;
+      targets.map(async (m) => {
+        const url = `${app.host.baseUrl}/api/mailboxes/${encodeURIComponent(m)}/backups`;
         const res = await fetch(url, { method: "POST", headers: { "x-functions-key": FUNCTION_KEY, "content-type": "application/json" }, body: "{}" });
         if (res.status !== 202) throw new Error(`POST ${url} answered ${res.status}: ${await res.text()}`);
         const check = (await res.json()) as { id: string; statusQueryGetUri: string };
-        say(`POST /api/mailboxes/${m.upn}/backups -> 202, instance ${check.id}`);
-        summaries.push(await follow(check.statusQueryGetUri, m.upn));
+        say(`POST /api/mailboxes/${m}/backups -> 202, instance ${check.id}`);
+        summaries.push(await follow(check.statusQueryGetUri, m));
       }),
     );
     say("");
-    say("mailbox                        exported  failed  size       manifest");
+    say("mailbox                            exported  failed  size       manifest");
     for (const s of summaries) {
-      say(`${s.mailbox.padEnd(30)} ${String(s.exported).padStart(8)}  ${String(s.failed).padStart(6)}  ${formatBytes(s.bytes).padEnd(9)}  ${s.manifest}`);
+      say(`${s.mailbox.padEnd(34)} ${String(s.exported).padStart(8)}  ${String(s.failed).padStart(6)}  ${formatBytes(s.bytes).padEnd(9)}  ${s.manifest}`);
     }
     for (const s of summaries) {
       const run = await pickRun(store, s.mailboxId, s.runId);
