@@ -46,6 +46,10 @@ async function withApp<T>(fn: (t: TestApp) => Promise<T>, env: Record<string, st
     return await fn(t);
   } finally {
     await t.stop();
+    // Debug-level logs of everything the app did: never a token or password.
+    const logs = t.logs.join("\n");
+    expect(logs).not.toContain(sim.token);
+    expect(logs).not.toContain(sim.ewsPassword);
   }
 }
 
@@ -209,9 +213,10 @@ describe("EWS restore on the local host (UploadItems)", () => {
     expect(gone.failures[0].error.code).toBe("ErrorItemNotFound");
   });
 
-  it("update/upsert into an Exchange Online (Graph) mailbox is refused up front with a clear error", async () => {
+  it("update/upsert into another mailbox is refused up front with a clear error (item ids name their mailbox)", async () => {
     sim.addMailbox({ upn: "cloud@contoso.com" });
-    await expect(restore({ target: "cloud@contoso.com", mode: "update" })).rejects.toThrow(/needs an Exchange Server \(EWS\) target/);
+    await expect(restore({ target: "cloud@contoso.com", mode: "update" })).rejects.toThrow(/target must be the backed-up mailbox itself/);
+    await expect(restore({ target: "ews:second@contoso.local", mode: "upsert" })).rejects.toThrow(/target must be the backed-up mailbox itself/);
   });
 });
 

@@ -153,7 +153,8 @@ describe("EWS ExportItems responses from the seed, verbatim", () => {
   it("mailbox addresses", () => {
     expect(ewsAddress("ews:Alice@Contoso.com")).toBe("alice@contoso.com");
     expect(ewsAddress("EWS:bob@contoso.local")).toBe("bob@contoso.local");
-    for (const bad of ["ews:", "ews:alice", "ews:a b@c.d", "ews:<x>@y.z", "ews:a@b/c"]) expect(() => ewsAddress(bad)).toThrow(/SMTP address/);
+    expect(ewsAddress("ews:o'brien&co@contoso.com")).toBe("o'brien&co@contoso.com");
+    for (const bad of ["ews:", "ews:alice", "ews:a b@c.d", "ews:<x>@y.z", "ews:a@b/c", 'ews:"q"@c.d']) expect(() => ewsAddress(bad)).toThrow(/SMTP address/);
   });
 });
 
@@ -266,6 +267,77 @@ describe("the seed's responses over HTTP, through exportBatch into a store", () 
       expect(server.requests).toHaveLength(2);
       expect(path(parseXml(server.requests[1].body), "Body", "ExportItems", "ItemIds")?.children.map((c) => c.attrs.Id)).toEqual([ERROR_IDS[1]]);
       expect(server.requests[1].at - server.requests[0].at).toBeGreaterThanOrEqual(300);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+const FAULT = (code: string) =>
+  `<?xml version="1.0" encoding="utf-8"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><s:Fault><faultcode xmlns:a="http://schemas.microsoft.com/exchange/services/2006/types">a:${code}</faultcode><faultstring>no</faultstring><detail><e:ResponseCode xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">${code}</e:ResponseCode><e:Message xmlns:e="http://schemas.microsoft.com/exchange/services/2006/errors">The impersonation principal name is invalid.</e:Message></detail></s:Fault></s:Body></s:Envelope>`;
+
+describe("EwsClient and EwsSource against scripted servers", () => {
+  it("the headers timeout does not cut a response body that takes longer to arrive", async () => {
+    const server = new Scripted((_n, _req, res) => {
+      res.writeHead(200, { "Content-Type": "text/xml; charset=utf-8" });
+      const text = Buffer.from(SUCCESS);
+      let i = 0;
+      const t = setInterval(() => {
+        res.write(text.subarray(i, i + 400));
+        i += 400;
+        if (i >= text.length) {
+          clearInterval(t);
+          res.end();
+        }
+      }, 40);
+    });
+    await server.start();
+    try {
+      const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" }, headersTimeoutMs: 150, maxRetries: 0 }), 50);
+      const seen: Outcome[] = [];
+      await source.exportItems("EWS:alice@contoso.com", SUCCESS_IDS, async (els) => void seen.push(...(await collect(els))));
+      expect(seen.map((o) => o.kind)).toEqual(["data", "data", "data"]);
+      expect(server.requests).toHaveLength(1);
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it("an unknown or forbidden mailbox answered with a SOAP fault resolves to MailboxNotFound", async () => {
+    for (const code of ["ErrorNonExistentMailbox", "ErrorImpersonateUserDenied"]) {
+      const server = new Scripted((_n, _req, res) => {
+        res.writeHead(500, { "Content-Type": "text/xml; charset=utf-8" });
+        res.end(FAULT(code));
+      });
+      await server.start();
+      try {
+        const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" }, baseRetryDelayMs: 1 }), 50);
+        await expect(source.resolveMailbox("ews:nobody@contoso.local")).rejects.toMatchObject({ code: "MailboxNotFound", status: 404 });
+        expect(server.requests).toHaveLength(1); // a permanent answer is not retried
+      } finally {
+        await server.stop();
+      }
+    }
+  });
+
+  it("folders come parents first even when the server lists a child before its parent", async () => {
+    const folder = (id: string, parent: string, name: string) =>
+      `<t:Create><t:Folder><t:FolderId Id="${id}" ChangeKey="AQ=="/><t:ParentFolderId Id="${parent}" ChangeKey="AQ=="/><t:FolderClass>IPF.Note</t:FolderClass><t:DisplayName>${name}</t:DisplayName><t:TotalCount>0</t:TotalCount><t:ChildFolderCount>0</t:ChildFolderCount></t:Folder></t:Create>`;
+    const server = new Scripted((_n, req, res) => {
+      res.writeHead(200, { "Content-Type": "text/xml; charset=utf-8" });
+      const env = (body: string) => `<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="m" xmlns:t="t"><s:Body>${body}</s:Body></s:Envelope>`;
+      if (req.body.includes("SyncFolderHierarchy>")) {
+        res.end(env(`<m:SyncFolderHierarchyResponse><m:ResponseMessages><m:SyncFolderHierarchyResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:SyncState>s1</m:SyncState><m:IncludesLastFolderInRange>true</m:IncludesLastFolderInRange><m:Changes>${folder("C", "B", "Child &#233;t&#233;")}${folder("B", "ROOT", "Parent")}${folder("A", "ROOT", "Other")}</m:Changes></m:SyncFolderHierarchyResponseMessage></m:ResponseMessages></m:SyncFolderHierarchyResponse>`));
+      } else {
+        res.end(env(`<m:GetFolderResponse><m:ResponseMessages><m:GetFolderResponseMessage ResponseClass="Error"><m:MessageText>x</m:MessageText><m:ResponseCode>ErrorFolderNotFound</m:ResponseCode></m:GetFolderResponseMessage></m:ResponseMessages></m:GetFolderResponse>`));
+      }
+    });
+    await server.start();
+    try {
+      const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" } }), 50);
+      const got: Array<[string, string]> = [];
+      for await (const f of source.walkFolders("EWS:alice@contoso.com")) got.push([f.id, f.displayName]);
+      expect(got).toEqual([["B", "Parent"], ["A", "Other"], ["C", "Child été"]]);
     } finally {
       await server.stop();
     }

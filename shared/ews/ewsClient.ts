@@ -1,7 +1,7 @@
 import { Readable } from "node:stream";
 import type { AccessToken, TokenCredential } from "@azure/identity";
 import { InvalidInputError, MailvaultError } from "../errors";
-import { networkReason, parseRetryAfter, readAll, sleep } from "../graph/graphClient";
+import { fetchWithHeadersTimeout, networkReason, parseRetryAfter, readAll, sleep } from "../graph/graphClient";
 import { type Logger, silentLogger } from "../log";
 import { Semaphore } from "../util/semaphore";
 import { EwsError, type EnvelopeHeader, soapEnvelope, soapFault, TRANSIENT_EWS_CODES } from "./soap";
@@ -190,16 +190,18 @@ export class EwsClient {
     };
     // Routes the call to the server holding the mailbox (required with impersonation in Exchange Online).
     if (this.impersonation) headers["X-AnchorMailbox"] = c.mailbox;
-    const timeout = AbortSignal.timeout(this.options.headersTimeoutMs ?? 120_000);
-    const signal = c.signal ? AbortSignal.any([c.signal, timeout]) : timeout;
-    return fetch(this.url, {
-      method: "POST",
-      headers,
-      body: Readable.toWeb(Readable.from(c.envelope())) as ReadableStream<Uint8Array>,
-      duplex: "half",
-      signal,
-      redirect: "manual",
-    } as RequestInit);
+    return fetchWithHeadersTimeout(
+      this.url,
+      {
+        method: "POST",
+        headers,
+        body: Readable.toWeb(Readable.from(c.envelope())) as ReadableStream<Uint8Array>,
+        duplex: "half",
+        redirect: "manual",
+      } as RequestInit,
+      this.options.headersTimeoutMs ?? 120_000,
+      c.signal,
+    );
   }
 
   private async authorization(signal?: AbortSignal): Promise<string> {
@@ -249,5 +251,5 @@ function toEwsError(status: number, text: string, operation: string): EwsError {
   }
   const code = status === 401 ? "Unauthorized" : status === 403 ? "Forbidden" : status === 413 ? "RequestTooLarge" : `Http${status}`;
   const hint = status === 401 ? ": check the EWS credentials" : status === 413 ? ": the request is larger than the server accepts (on-premises web.config limits)" : "";
-  return new EwsError(status, code, `${operation} returned HTTP ${status}${hint}`, { retryable: status === 429 || status === 502 || status === 503 || status === 504 });
+  return new EwsError(status, code, `${operation} returned HTTP ${status}${hint}`, { retryable: status === 429 || status >= 500 });
 }

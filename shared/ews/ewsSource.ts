@@ -28,7 +28,10 @@ export const EWS_MAX_EXPORT_IDS = 100;
 /** Distinguished folders of Exchange 2010 SP1 that Graph also knows by these names (for restores into original folders). */
 const WELL_KNOWN = ["inbox", "sentitems", "drafts", "deleteditems", "junkemail", "outbox", "calendar", "contacts", "tasks", "notes", "journal"];
 const FOLDER_ELEMENTS = new Set(["Folder", "CalendarFolder", "ContactsFolder", "TasksFolder"]);
-const ADDRESS = /^[^\s@<>"'&,;:\\/]{1,64}@[A-Za-z0-9.-]{1,253}$/;
+/** local@domain: the builder escapes what XML needs (' and & are valid in local parts); no spaces, controls, brackets or quotes. */
+const ADDRESS = /^[^\s@<>"\x00-\x1f\\/]{1,64}@[A-Za-z0-9.-]{1,253}$/;
+
+const NO_MAILBOX = new Set(["ErrorNonExistentMailbox", "ErrorMailboxNotFound", "ErrorImpersonateUserDenied", "ErrorImpersonationDenied", "ErrorMissingEmailAddress"]);
 
 const ACTIONS = { create: "CreateNew", update: "Update", upsert: "UpdateOrCreate" } as const;
 
@@ -49,11 +52,17 @@ export class EwsSource implements MailboxSource {
 
   async resolveMailbox(mailbox: string, signal?: AbortSignal): Promise<ResolvedMailbox> {
     const address = ewsAddress(mailbox);
-    const m = (await this.getFolders(address, [this.distinguished("msgfolderroot", address)], "IdOnly", signal))[0];
+    const unknown = (code: string) => new GraphError(404, "MailboxNotFound", `Exchange (EWS) has no mailbox ${address} the service account may open (${code})`);
+    let m: ResponseMessage;
+    try {
+      m = (await this.getFolders(address, [this.distinguished("msgfolderroot", address)], "IdOnly", signal))[0];
+    } catch (e) {
+      // Servers answer an unknown or forbidden impersonated mailbox with a SOAP fault, not a message.
+      if (e instanceof EwsError && NO_MAILBOX.has(e.code)) throw unknown(e.code);
+      throw e;
+    }
     if (!m.ok) {
-      if (m.code === "ErrorNonExistentMailbox" || m.code === "ErrorMailboxNotFound" || m.code === "ErrorImpersonateUserDenied") {
-        throw new GraphError(404, "MailboxNotFound", `Exchange (EWS) has no mailbox ${address} the service account may open (${m.code})`);
-      }
+      if (NO_MAILBOX.has(m.code)) throw unknown(m.code);
       throw messageError(m, "GetFolder");
     }
     return { mailboxId: `EWS:${address}`, requested: mailbox };
@@ -63,6 +72,7 @@ export class EwsSource implements MailboxSource {
     const address = ewsAddress(mailboxId);
     const wellKnown = await this.wellKnownIds(address, signal);
     const seen = new Set<string>();
+    const all: MailboxFolder[] = [];
     let syncState: string | undefined;
     for (let round = 0; round < 1000; round++) {
       const env = await this.client.call({
@@ -85,7 +95,7 @@ export class EwsSource implements MailboxSource {
         const id = child(f, "FolderId")?.attrs.Id;
         if (!f || !id || seen.has(id)) continue; // search folders hold links, not items: skipped
         seen.add(id);
-        yield {
+        all.push({
           id,
           displayName: textOf(f, "DisplayName") ?? "",
           parentFolderId: child(f, "ParentFolderId")?.attrs.Id,
@@ -93,9 +103,12 @@ export class EwsSource implements MailboxSource {
           wellKnownName: wellKnown.get(id) ?? null,
           totalItemCount: intOf(textOf(f, "TotalCount")),
           childFolderCount: intOf(textOf(f, "ChildFolderCount")),
-        };
+        });
       }
-      if (textOf(m.node, "IncludesLastFolderInRange") !== "false" || !syncState) return;
+      if (textOf(m.node, "IncludesLastFolderInRange") !== "false" || !syncState) {
+        yield* parentsFirst(all);
+        return;
+      }
     }
     throw new EwsError(200, "SyncDidNotEnd", "SyncFolderHierarchy kept saying more folders follow");
   }
@@ -263,6 +276,27 @@ export class EwsSource implements MailboxSource {
     });
     return out;
   }
+}
+
+/** Parents before children (restores create folders in this order), whatever order the server used. */
+function parentsFirst(folders: MailboxFolder[]): MailboxFolder[] {
+  const ids = new Set(folders.map((f) => f.id));
+  const children = new Map<string, MailboxFolder[]>();
+  const roots: MailboxFolder[] = [];
+  for (const f of folders) {
+    if (f.parentFolderId && ids.has(f.parentFolderId) && f.parentFolderId !== f.id) children.set(f.parentFolderId, [...(children.get(f.parentFolderId) ?? []), f]);
+    else roots.push(f);
+  }
+  const out: MailboxFolder[] = [];
+  const queue = [...roots];
+  while (queue.length) {
+    const f = queue.shift() as MailboxFolder;
+    out.push(f);
+    queue.push(...(children.get(f.id) ?? []));
+  }
+  // A cycle (never from a sane server) would leave folders out: keep them, at the end.
+  const placed = new Set(out.map((f) => f.id));
+  return [...out, ...folders.filter((f) => !placed.has(f.id))];
 }
 
 /** `ews:alice@contoso.com`, `EWS:alice@contoso.com` or `alice@contoso.com` -> `alice@contoso.com`. */

@@ -43,7 +43,8 @@ const parser = new XMLParser({
   trimValues: true,
   // EWS never uses DTDs; refusing them closes the entity-expansion door.
   processEntities: true,
-  htmlEntities: false,
+  // Character references (&#233;) in display names are decoded; named HTML entities do not occur in EWS.
+  htmlEntities: true,
 });
 
 /** Largest response parsed as a whole (sync pages of 512 changes are well below this). */
@@ -51,7 +52,7 @@ export const MAX_SMALL_RESPONSE = 32 * 1024 * 1024;
 
 export function parseXml(text: string): XmlNode {
   if (text.length > MAX_SMALL_RESPONSE) throw new ProtocolError("ResponseTooLarge", `an EWS response of ${text.length} characters is larger than expected`);
-  if (/<!DOCTYPE/i.test(text.slice(0, 4096))) throw new ProtocolError("MalformedXml", "the EWS response declares a DTD, which EWS never does");
+  if (/<!DOCTYPE/i.test(text)) throw new ProtocolError("MalformedXml", "the EWS response declares a DTD, which EWS never does");
   let raw: unknown;
   try {
     raw = parser.parse(text, true);

@@ -80,6 +80,9 @@ export interface ExportBatchOptions {
 /** Per-item codes worth asking for again in the next attempt (the same for Graph and EWS). */
 const TRANSIENT_ITEM_CODES = TRANSIENT_EWS_CODES;
 
+/** Longest pause honoured between attempts (a server asking for more is asked again after this). */
+const MAX_BACK_OFF_MS = 5 * 60_000;
+
 export function validateBatchInput(input: unknown, maxIds = MAX_EXPORT_IDS): ExportBatchInput {
   const o = input as Partial<ExportBatchInput> | null;
   if (!o || typeof o !== "object" || typeof o.mailboxId !== "string" || !o.mailboxId) {
@@ -192,7 +195,7 @@ export async function exportBatch(deps: ExportBatchDeps, input: ExportBatchInput
     }
     if (attempt < maxAttempts && input.items.some((i) => !done.has(i.itemId))) {
       // The server's BackOffMilliseconds is a floor: asking sooner is throttled again.
-      await sleep(Math.max(delay, backOffMs), options.signal);
+      await sleep(Math.max(delay, Math.min(backOffMs, MAX_BACK_OFF_MS)), options.signal);
       delay *= 2;
     }
   }

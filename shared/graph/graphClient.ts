@@ -195,9 +195,7 @@ export class GraphClient {
       body = JSON.stringify(req.body);
       headers["Content-Type"] = "application/json";
     }
-    const timeout = AbortSignal.timeout(this.options.headersTimeoutMs ?? 120_000);
-    const signal = req.signal ? AbortSignal.any([req.signal, timeout]) : timeout;
-    return fetch(url, { method: req.method, headers, body, signal, redirect: "manual" });
+    return fetchWithHeadersTimeout(url, { method: req.method, headers, body, redirect: "manual" }, this.options.headersTimeoutMs ?? 120_000, req.signal);
   }
 
   private async token(signal?: AbortSignal): Promise<string> {
@@ -254,6 +252,21 @@ function toGraphError(status: number, body: string, requestId: string | undefine
   }
   // A 401 that survived the token refresh, a 403 (missing permission), a 404: asking again will not help.
   return new GraphError(status, code, message, { requestId, retryable: RETRY_STATUS.has(status) });
+}
+
+/**
+ * fetch, giving up when the response headers do not arrive within `timeoutMs`. The timer stops once
+ * they do: a large body may take as long as it takes (a 150 MB item on a slow link), and reading it
+ * is bounded by the caller's signal and by the connection's own liveness, not by a wall clock.
+ */
+export async function fetchWithHeadersTimeout(url: string, init: RequestInit, timeoutMs: number, signal?: AbortSignal): Promise<Response> {
+  const timer = new AbortController();
+  const t = setTimeout(() => timer.abort(new DOMException(`no response headers within ${timeoutMs} ms`, "TimeoutError")), timeoutMs);
+  try {
+    return await fetch(url, { ...init, signal: signal ? AbortSignal.any([signal, timer.signal]) : timer.signal });
+  } finally {
+    clearTimeout(t);
+  }
 }
 
 /** A URL for messages: path only, no query (skip/delta tokens are long and may be sensitive). */

@@ -1,4 +1,5 @@
 import { describeError, InvalidInputError } from "../errors";
+import { EwsError } from "../ews/soap";
 import { readManifest, type ManifestLine } from "../backup/manifest";
 import { readFolders, type RunFolder } from "../backup/backupRun";
 import type { Services } from "../services";
@@ -97,6 +98,10 @@ export const restoreReportPath = (r: { sourceMailboxId: string; restoreId: strin
 export async function startRestore(svc: Services, r: RestoreRequest): Promise<StartRestoreResult> {
   const target = await resolveMailboxArg(svc.sources, r.target);
   const mode = r.mode ?? "create";
+  if (mode !== "create" && target.mailboxId !== r.sourceMailboxId) {
+    // Item ids name their mailbox: overwriting "the same item" only means something in the same one.
+    throw new InvalidInputError(`restore mode ${mode} overwrites items in place, so the target must be the backed-up mailbox itself (${r.sourceMailboxId}); use mode create for another mailbox`, "UnsupportedRestoreMode");
+  }
   if (!sourceFor(svc.sources, target.mailboxId).importModes.includes(mode)) {
     throw new InvalidInputError(`restore mode ${mode} needs an Exchange Server (EWS) target mailbox; Graph import sessions restore with mode create`, "UnsupportedRestoreMode");
   }
@@ -242,6 +247,7 @@ export async function restorePage(svc: Services, r: RestoreRequest & { targetMai
 /** Failures that will hit every item of the page alike: let Durable retry the page instead. */
 function isFatalForPage(e: unknown): boolean {
   const code = describeError(e).code;
+  if (e instanceof EwsError && e.retryable) return true; // the server or the link is down: every item would fail alike
   return code === "ImportNetworkError" || /^Http5|ServiceUnavailable|InternalServerError/.test(code) || (e as { status?: number }).status === 503;
 }
 
