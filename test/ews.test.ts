@@ -342,4 +342,26 @@ describe("EwsClient and EwsSource against scripted servers", () => {
       await server.stop();
     }
   });
+
+  it("an empty <m:Data/> is recorded as a failure and leaves no object", async () => {
+    const empty = SUCCESS.replace(/<m:Data>[\s\S]*?<\/m:Data>/, "<m:Data></m:Data>");
+    const server = new Scripted((_n, _req, res) => {
+      res.writeHead(200, { "Content-Type": "text/xml; charset=utf-8" });
+      res.end(empty);
+    });
+    await server.start();
+    const dir = await mkdtemp(join(tmpdir(), "mailvault-ews-empty-"));
+    try {
+      const store = new LocalItemStore(dir);
+      const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" } }), 50);
+      const out = await exportBatch({ mailbox: source, store }, { mailboxId: "EWS:alice@contoso.com", items: SUCCESS_IDS.map((itemId) => ({ itemId, folderId: "f" })) }, { retryDelayMs: 1, maxAttempts: 2 });
+      expect(out.map((o) => (o.status === "failed" ? o.error.code : o.status))).toEqual(["EmptyData", "exported", "exported"]);
+      const objects: string[] = [];
+      for await (const p of store.listObjects("")) objects.push(p);
+      expect(objects).toHaveLength(2);
+    } finally {
+      await server.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
 });

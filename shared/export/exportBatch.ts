@@ -1,4 +1,4 @@
-import { describeError, GraphError, InvalidInputError, MailvaultError } from "../errors";
+import { describeError, GraphError, InvalidInputError, MailvaultError, ProtocolError } from "../errors";
 import { MAX_EXPORT_IDS, validateExportIds } from "../graph/mailboxApi";
 import { validateEwsIds } from "../ews/ewsSource";
 import type { MailboxSource } from "../source";
@@ -152,7 +152,7 @@ export async function exportBatch(deps: ExportBatchDeps, input: ExportBatchInput
             }
             const path = itemObjectPath(input.mailboxId, ref.itemId, changeKey);
             try {
-              const stored = await store.putObject(path, el.data, { signal: options.signal });
+              const stored = await store.putObject(path, nonEmpty(el.data, ref.itemId), { signal: options.signal });
               if (!stored.existed && stored.size !== el.data.bytes) {
                 throw new MailvaultError("storage", "SizeMismatch", `stored ${stored.size} bytes but decoded ${el.data.bytes}`);
               }
@@ -217,4 +217,17 @@ function isStreamFailure(e: unknown): boolean {
   if (e instanceof GraphError) return true;
   if (e instanceof MailvaultError) return e.code === "MalformedJson" || e.code === "MalformedXml" || e.code === "ResponseInterrupted" || e.code === "TruncatedResponse" || e.code === "MalformedResponse";
   return false;
+}
+
+/**
+ * An export stream is never empty. Throwing before the store commits means an empty answer leaves
+ * no object behind (a 0-byte version would otherwise be "found" by every later attempt).
+ */
+async function* nonEmpty(data: AsyncIterable<Buffer>, itemId: string): AsyncGenerator<Buffer> {
+  let bytes = 0;
+  for await (const c of data) {
+    bytes += c.length;
+    yield c;
+  }
+  if (bytes === 0) throw new ProtocolError("EmptyData", `the export response carried no bytes for item ${shortId(itemId)}`, { retryable: true });
 }
