@@ -85,6 +85,29 @@ describe("nightly backup", () => {
     }
   });
 
+  it("one night over Exchange Online and Exchange Server mailboxes: ews: entries go through EWS", async () => {
+    sim.generateMailbox({ upn: "cloud1@contoso.com", folders: 1, items: 7, seed: 5, size: () => 600 });
+    sim.generateMailbox({ upn: "onprem1@contoso.local", folders: 2, items: 9, seed: 6, size: () => 700 });
+    const { store, cleanup } = await tempStore();
+    cleanups.push(cleanup);
+    process.env.MAILVAULT_MAILBOXES = "cloud1@contoso.com, ews:onprem1@contoso.local, ews:nobody@contoso.local";
+    const t = await startTestApp(sim, store, { env: sim.ewsEnv() });
+    try {
+      sim.resetStats();
+      await t.app.host.invokeTimer("nightlyTimer");
+      const night = nightOf(new Date());
+      expect((await t.app.host.waitForCompletion(`nightly-${night}`, { timeoutMs: 60_000 })).runtimeStatus).toBe("Completed");
+      const summary = JSON.parse((await store.readText(tenantSummaryPath(night))) as string) as TenantSummary;
+      expect(summary).toMatchObject({ mailboxes: 3, completed: 2, skipped: 1, exported: 16 });
+      expect(summary.problems[0]).toMatchObject({ mailbox: "ews:nobody@contoso.local", status: "skipped" });
+      expect(sim.stats.ews.requests.ExportItems).toBeGreaterThanOrEqual(1);
+      expect(sim.stats.requests.exportItems).toBeGreaterThanOrEqual(1);
+    } finally {
+      delete process.env.MAILVAULT_MAILBOXES;
+      await t.stop();
+    }
+  });
+
   it("validates the schedule and the mailbox list", () => {
     expect(validateSchedule("0 0 2 * * *")).toBe("0 0 2 * * *");
     expect(validateSchedule("0 */15 * * * Mon-Fri")).toBe("0 */15 * * * Mon-Fri");
