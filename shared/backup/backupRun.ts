@@ -278,6 +278,14 @@ export async function planPage(svc: Services, input: PlanPageInput, signal?: Abo
         folder.deltaLink = undefined;
         continue;
       }
+      if (isFolderNotFound(e) && !(await source.getFolder(input.mailboxId, folder.id, signal))) {
+        // Deleted since the run listed it: its round ends empty, so finishRun records the items the
+        // base run had there as deleted, and no cursor is kept for it.
+        svc.logger.log("warn", "folder deleted during the run; its items are recorded as deleted", { folder: folder.displayName });
+        rounds.push({ folderId: folder.id, deltaLink: "", full: true });
+        cursor = cursor.folderIndex + 1 < folders.length ? { folderIndex: cursor.folderIndex + 1 } : undefined;
+        continue;
+      }
       throw e;
     }
     for (const it of page.items) {
@@ -314,6 +322,12 @@ export async function planPage(svc: Services, input: PlanPageInput, signal?: Abo
   const foldersDone = (cursor ? cursor.folderIndex : folders.length) - startFolder;
   const batchBytes = plan.batches.map((b) => b.reduce((n, i) => n + (i.size ?? 0), 0));
   return { batchCount: plan.batches.length, batchBytes, batchSizes: plan.batches.map((b) => b.length), itemCount: unique.length, next: cursor, foldersDone };
+}
+
+/** A folder that is not there (any more): Graph 404, EWS ErrorFolderNotFound. */
+function isFolderNotFound(e: unknown): boolean {
+  if (!(e instanceof GraphError)) return false;
+  return e.status === 404 || /^(ErrorFolderNotFound|ErrorItemNotFound|ErrorSyncFolderNotFound)$/.test(e.code);
 }
 
 /** The answer to a delta link (Graph) or sync state (EWS ErrorInvalidSyncStateData) no longer honoured. */
@@ -495,7 +509,10 @@ export async function finishRun(svc: Services, input: FinishRunInput): Promise<R
   // (failures are tried again next run), so the links may move on. Folders that are gone drop out.
   const links: Record<string, string> = {};
   for (const f of folders) if (f.deltaLink) links[f.id] = f.deltaLink;
-  for (const p of plans) for (const r of p.rounds) links[r.folderId] = r.deltaLink;
+  for (const p of plans) for (const r of p.rounds) {
+    if (r.deltaLink) links[r.folderId] = r.deltaLink;
+    else delete links[r.folderId]; // the folder went away during the run
+  }
   const state: DeltaState = { formatVersion: FORMAT_VERSION, runId: input.runId, folders: links };
   await store.writeText(deltaStatePath(input.mailboxId), JSON.stringify(state));
 
