@@ -142,6 +142,11 @@ param ewsImpersonation bool = true
 param ewsServerVersion string = 'Exchange2010_SP1'
 
 @minValue(1)
+@maxValue(256)
+@description('MAILVAULT_EWS_MAX_REQUESTS: EWS calls in flight in all per instance (the service account is throttled as a whole).')
+param ewsMaxRequests int = 20
+
+@minValue(1)
 @maxValue(100)
 @description('MAILVAULT_EWS_BATCH_ITEMS: items per EWS ExportItems call (Microsoft advises at most 100).')
 param ewsBatchItems int = 50
@@ -625,6 +630,7 @@ var appSettings = {
   MAILVAULT_EWS_IMPERSONATION: string(ewsImpersonation)
   MAILVAULT_EWS_SERVER_VERSION: ewsServerVersion
   MAILVAULT_EWS_BATCH_ITEMS: string(ewsBatchItems)
+  MAILVAULT_EWS_MAX_REQUESTS: string(ewsMaxRequests)
 }
 
 resource functionAppSettings 'Microsoft.Web/sites/config@2024-04-01' = {

@@ -129,6 +129,7 @@ function ewsSource(env: Env, overrides: ServiceOverrides, maxRequestsPerMailbox:
     serverVersion: setting(env, "MAILVAULT_EWS_SERVER_VERSION"),
     impersonation: boolSetting(env, "MAILVAULT_EWS_IMPERSONATION"),
     maxRequestsPerMailbox,
+    maxRequests: intSetting(env, "MAILVAULT_EWS_MAX_REQUESTS", 1, 256),
     logger,
     onRetry: overrides.onEwsRetry,
     baseRetryDelayMs: overrides.timing?.graphBaseRetryDelayMs,

@@ -364,4 +364,55 @@ describe("EwsClient and EwsSource against scripted servers", () => {
       await rm(dir, { recursive: true, force: true });
     }
   });
+
+  it("a transient error inside a SyncFolderItems answer is asked again after its BackOffMilliseconds", async () => {
+    const env = (msg: string) => `<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/" xmlns:m="m" xmlns:t="t"><s:Body><m:SyncFolderItemsResponse><m:ResponseMessages>${msg}</m:ResponseMessages></m:SyncFolderItemsResponse></s:Body></s:Envelope>`;
+    const server = new Scripted((n, _req, res) => {
+      res.writeHead(200, { "Content-Type": "text/xml; charset=utf-8" });
+      res.end(
+        n === 1
+          ? env(`<m:SyncFolderItemsResponseMessage ResponseClass="Error"><m:MessageText>busy</m:MessageText><m:ResponseCode>ErrorServerBusy</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey><m:MessageXml><t:Value Name="BackOffMilliseconds">250</t:Value></m:MessageXml></m:SyncFolderItemsResponseMessage>`)
+          : env(`<m:SyncFolderItemsResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:SyncState>S2</m:SyncState><m:IncludesLastItemInRange>true</m:IncludesLastItemInRange><m:Changes><t:Create><t:Message><t:ItemId Id="I1" ChangeKey="C1"/><t:ItemClass>IPM.Note</t:ItemClass><t:Size>42</t:Size></t:Message></t:Create><t:ReadFlagChange><t:ItemId Id="I2" ChangeKey="C2"/><t:IsRead>true</t:IsRead></t:ReadFlagChange><t:Delete><t:ItemId Id="I3" ChangeKey="C3"/></t:Delete></m:Changes></m:SyncFolderItemsResponseMessage>`),
+      );
+    });
+    await server.start();
+    try {
+      const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" } }), 50, { uploadRetryDelayMs: 5 });
+      const page = await source.itemsDeltaPage("EWS:alice@contoso.com", "F1", "S1");
+      expect(page).toEqual({ items: [{ id: "I1", changeKey: "C1", size: 42, type: "IPM.Note", createdDateTime: undefined }, { id: "I2", changeKey: "C2", size: undefined, type: undefined, createdDateTime: undefined }], removed: ["I3"], deltaLink: "S2" });
+      expect(server.requests).toHaveLength(2);
+      expect(server.requests[1].at - server.requests[0].at).toBeGreaterThanOrEqual(250);
+      // The request carried the stored state, at most 512 changes, the folder.
+      const sent = parseXml(server.requests[0].body);
+      expect(path(sent, "Body", "SyncFolderItems", "SyncState")?.text).toBe("S1");
+      expect(path(sent, "Body", "SyncFolderItems", "MaxChangesReturned")?.text).toBe("512");
+      expect(path(sent, "Body", "SyncFolderItems", "SyncFolderId", "FolderId")?.attrs.Id).toBe("F1");
+    } finally {
+      await server.stop();
+    }
+  });
+
+  it("calls in flight are bounded for the service account across mailboxes, not only per mailbox", async () => {
+    let inFlight = 0;
+    let peak = 0;
+    const server = new Scripted((_n, _req, res) => {
+      inFlight++;
+      peak = Math.max(peak, inFlight);
+      setTimeout(() => {
+        inFlight--;
+        res.writeHead(200, { "Content-Type": "text/xml; charset=utf-8" });
+        res.end(`<?xml version="1.0"?><s:Envelope xmlns:s="http://schemas.xmlsoap.org/soap/envelope/"><s:Body><m:GetFolderResponse xmlns:m="m"><m:ResponseMessages><m:GetFolderResponseMessage ResponseClass="Success"><m:ResponseCode>NoError</m:ResponseCode><m:Folders><t:Folder xmlns:t="t"><t:FolderId Id="R"/></t:Folder></m:Folders></m:GetFolderResponseMessage></m:ResponseMessages></m:GetFolderResponse></s:Body></s:Envelope>`);
+      }, 60);
+    });
+    await server.start();
+    try {
+      const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" }, maxRequests: 3, maxRequestsPerMailbox: 4 }), 50);
+      await Promise.all(Array.from({ length: 12 }, (_, i) => source.resolveMailbox(`ews:user${i % 4}@contoso.local`)));
+      expect(server.requests).toHaveLength(12);
+      expect(peak).toBe(3);
+    } finally {
+      await server.stop();
+    }
+  });
 });
+

@@ -36,6 +36,8 @@ export interface EwsClientOptions {
   impersonation?: boolean;
   /** Calls in flight per mailbox (default 4). */
   maxRequestsPerMailbox?: number;
+  /** Calls in flight in all, for the one service account (Exchange's EWSMaxConcurrency counts per account; default 20). */
+  maxRequests?: number;
   /** Retries after the first attempt (default 8). */
   maxRetries?: number;
   /** First backoff step without a server hint (default 1 s). */
@@ -77,6 +79,7 @@ export class EwsClient {
   private cached: AccessToken | undefined;
   /** Per mailbox: no call before this time (the server asked us to back off). */
   private readonly backOffUntil = new Map<string, number>();
+  private readonly account: Semaphore;
 
   constructor(private readonly options: EwsClientOptions) {
     let u: URL;
@@ -96,6 +99,7 @@ export class EwsClient {
     }
     this.url = u.toString();
     this.log = options.logger ?? silentLogger;
+    this.account = new Semaphore(options.maxRequests ?? 20);
   }
 
   get impersonation(): boolean {
@@ -131,10 +135,12 @@ export class EwsClient {
     for (let attempt = 0; ; attempt++) {
       if (c.signal?.aborted) throw c.signal.reason instanceof Error ? c.signal.reason : new Error("aborted");
       await this.waitForBackOff(c.mailbox, c.signal);
-      const release = await sem.acquire(c.signal);
+      // A sign-in failure is not a network failure: it surfaces as it is, without eight retries.
+      const authorization = await this.authorization(c.signal);
+      const release = await this.acquire(sem, c.signal);
       let res: Response;
       try {
-        res = await this.send(c);
+        res = await this.send(c, authorization);
       } catch (e) {
         release();
         if (c.signal?.aborted) throw e;
@@ -180,11 +186,26 @@ export class EwsClient {
     if (until !== undefined && until > Date.now()) await sleep(until - Date.now(), signal);
   }
 
-  private async send(c: EwsStreamCall): Promise<Response> {
+  /** A slot of the mailbox, then one of the service account (its EWSMaxConcurrency spans all mailboxes). */
+  private async acquire(mailbox: Semaphore, signal?: AbortSignal): Promise<() => void> {
+    const releaseMailbox = await mailbox.acquire(signal);
+    try {
+      const releaseAccount = await this.account.acquire(signal);
+      return () => {
+        releaseAccount();
+        releaseMailbox();
+      };
+    } catch (e) {
+      releaseMailbox();
+      throw e;
+    }
+  }
+
+  private async send(c: EwsStreamCall, authorization: string): Promise<Response> {
     const headers: Record<string, string> = {
       "Content-Type": "text/xml; charset=utf-8",
       Accept: "text/xml",
-      Authorization: await this.authorization(c.signal),
+      Authorization: authorization,
       "client-request-id": crypto.randomUUID(),
       "return-client-request-id": "true",
     };

@@ -75,19 +75,16 @@ export class EwsSource implements MailboxSource {
     const all: MailboxFolder[] = [];
     let syncState: string | undefined;
     for (let round = 0; round < 1000; round++) {
-      const env = await this.client.call({
-        mailbox: address,
-        operation: "SyncFolderHierarchy",
-        body: {
+      const m = raiseIfError(
+        await this.callOne(address, "SyncFolderHierarchy", {
           "m:SyncFolderHierarchy": {
             "m:FolderShape": { "t:BaseShape": "AllProperties" },
             "m:SyncFolderId": this.distinguished("msgfolderroot", address),
             ...(syncState ? { "m:SyncState": syncState } : {}),
           },
-        },
-        signal,
-      });
-      const m = single(env, "SyncFolderHierarchy");
+        }, signal),
+        "SyncFolderHierarchy",
+      );
       syncState = textOf(m.node, "SyncState");
       for (const change of child(m.node, "Changes")?.children ?? []) {
         if (change.name !== "Create" && change.name !== "Update") continue;
@@ -116,10 +113,8 @@ export class EwsSource implements MailboxSource {
   async itemsDeltaPage(mailboxId: string, folderId: string, link?: string, options?: { pageSize?: number; signal?: AbortSignal }): Promise<DeltaPage> {
     const address = ewsAddress(mailboxId);
     const max = Math.max(1, Math.min(EWS_MAX_SYNC_CHANGES, options?.pageSize ?? EWS_MAX_SYNC_CHANGES));
-    const env = await this.client.call({
-      mailbox: address,
-      operation: "SyncFolderItems",
-      body: {
+    const m = raiseIfError(
+      await this.callOne(address, "SyncFolderItems", {
         "m:SyncFolderItems": {
           "m:ItemShape": {
             "t:BaseShape": "IdOnly",
@@ -130,10 +125,9 @@ export class EwsSource implements MailboxSource {
           "m:MaxChangesReturned": max,
           "m:SyncScope": "NormalItems",
         },
-      },
-      signal: options?.signal,
-    });
-    const m = single(env, "SyncFolderItems");
+      }, options?.signal),
+      "SyncFolderItems",
+    );
     const state = textOf(m.node, "SyncState");
     if (!state) throw new EwsError(200, "DeltaWithoutLink", "a SyncFolderItems answer carried no SyncState", { retryable: true });
     const items: MailboxItemInfo[] = [];
@@ -187,13 +181,7 @@ export class EwsSource implements MailboxSource {
   async createFolder(mailboxId: string, parentFolderId: string | undefined, spec: { displayName: string; type?: string }, signal?: AbortSignal): Promise<MailboxFolder> {
     const address = ewsAddress(mailboxId);
     const parent = parentFolderId ? { "t:FolderId": { "@_Id": parentFolderId } } : this.distinguished("msgfolderroot", address);
-    const env = await this.client.call({
-      mailbox: address,
-      operation: "CreateFolder",
-      body: { "m:CreateFolder": { "m:ParentFolderId": parent, "m:Folders": { "t:Folder": { "t:FolderClass": spec.type ?? "IPF.Note", "t:DisplayName": spec.displayName } } } },
-      signal,
-    });
-    const m = single(env, "CreateFolder", false);
+    const m = await this.callOne(address, "CreateFolder", { "m:CreateFolder": { "m:ParentFolderId": parent, "m:Folders": { "t:Folder": { "t:FolderClass": spec.type ?? "IPF.Note", "t:DisplayName": spec.displayName } } } }, signal);
     if (m.ok) {
       const id = child(child(m.node, "Folders")?.children[0], "FolderId")?.attrs.Id;
       if (!id) throw new EwsError(200, "MalformedResponse", "CreateFolder answered without a FolderId");
@@ -244,6 +232,22 @@ export class EwsSource implements MailboxSource {
       if (!TRANSIENT_EWS_CODES.has(m.code) || attempt >= 5) throw messageError(m, "UploadItems");
       if (m.backOffMs !== undefined) this.client.holdOff(address, m.backOffMs);
       await sleep(Math.max(delay, m.backOffMs ?? 0), r.signal);
+      delay *= 2;
+    }
+  }
+
+  /**
+   * A call about one thing, whose one response message is returned. A transient answer in the
+   * message (ErrorServerBusy with BackOffMilliseconds, a store briefly unavailable) is asked again,
+   * a few times, the next call of the mailbox waiting out the server's back-off.
+   */
+  private async callOne(address: string, operation: string, body: XmlSpec, signal?: AbortSignal): Promise<ResponseMessage> {
+    let delay = this.options.uploadRetryDelayMs ?? 1000;
+    for (let attempt = 1; ; attempt++) {
+      const m = single(await this.client.call({ mailbox: address, operation, body, signal }), operation, false);
+      if (m.ok || !TRANSIENT_EWS_CODES.has(m.code) || attempt >= 5) return m;
+      if (m.backOffMs !== undefined) this.client.holdOff(address, m.backOffMs);
+      else await sleep(delay, signal);
       delay *= 2;
     }
   }
@@ -315,6 +319,11 @@ export function validateEwsIds(itemIds: unknown, max: number): string[] {
     if (typeof id !== "string" || id.length === 0 || id.length > 1024 || /[\x00-\x1f]/.test(id)) throw new InvalidInputError(`itemIds[${i}] is not a valid item id`, "InvalidItemIds");
   });
   return itemIds as string[];
+}
+
+function raiseIfError(m: ResponseMessage, operation: string): ResponseMessage {
+  if (!m.ok) throw messageError(m, operation);
+  return m;
 }
 
 /** The only response message of a one-thing call; with `raise`, an error message is thrown. */
