@@ -3,6 +3,7 @@
  * serving the bytes runs in the parent). Modes:
  *   stream    mailvault's exportBatch: streamed JSON, chunked base64 decode, streamed store writes
  *   buffered  the naive client: read the whole body, JSON.parse, Buffer.from(base64) per item
+ *   ews       the EWS source's exportBatch: streamed ExportItems XML (sax), chunked base64 decode
  * Prints one JSON line: {mode, items, bytes, ms, maxRssMB}.
  */
 import { createHash } from "node:crypto";
@@ -13,11 +14,13 @@ import { exportBatch } from "../shared/export/exportBatch";
 import { GraphClient, StaticTokenCredential } from "../shared/graph/graphClient";
 import { MailboxApi } from "../shared/graph/mailboxApi";
 import { GraphSource } from "../shared/graph/graphSource";
+import { EwsClient } from "../shared/ews/ewsClient";
+import { EwsSource } from "../shared/ews/ewsSource";
 import { LocalItemStore } from "../shared/store/localItemStore";
 import { itemObjectPath } from "../shared/store/naming";
 
 interface Args {
-  mode: "stream" | "buffered";
+  mode: "stream" | "buffered" | "ews";
   endpoint: string;
   token: string;
   mailboxId: string;
@@ -34,7 +37,15 @@ async function main(): Promise<void> {
   let bytes = 0;
   let items = 0;
   try {
-    if (args.mode === "stream") {
+    if (args.mode === "ews") {
+      const source = new EwsSource(new EwsClient({ url: args.endpoint, auth: { kind: "oauth", credential: new StaticTokenCredential(args.token), scope: "x/.default" } }), 50);
+      const out = await exportBatch({ mailbox: source, store }, { mailboxId: args.mailboxId, items: args.items });
+      for (const o of out) {
+        if (o.status !== "exported") throw new Error(`${o.itemId}: ${o.error.code}`);
+        bytes += o.size;
+        items++;
+      }
+    } else if (args.mode === "stream") {
       const out = await exportBatch({ mailbox: new GraphSource(api), store }, { mailboxId: args.mailboxId, items: args.items });
       for (const o of out) {
         if (o.status !== "exported") throw new Error(`${o.itemId}: ${o.error.code}`);

@@ -29,7 +29,7 @@ async function main(): Promise<void> {
   const spec = JSON.parse(process.argv[2]) as Spec;
   const sim = await ExchangeSimulator.start({
     seed: spec.seed,
-    latencyMs: (route) => (route === "exportItems" ? spec.exportLatencyMs : spec.latencyMs),
+    latencyMs: (route) => (route === "exportItems" || route === "ewsExportItems" ? spec.exportLatencyMs : spec.latencyMs),
     ...(spec.importBytesPerWindow ? { importBytesPerWindow: spec.importBytesPerWindow, importWindowMs: spec.importWindowMs } : {}),
   });
   const mailboxes = spec.mailboxes.map((m, k) => {
@@ -43,7 +43,7 @@ async function main(): Promise<void> {
     const items = sim.listItems(mbx.mailboxId);
     return { upn: m.upn, mailboxId: mbx.mailboxId, items: items.length, bytes: items.reduce((n, i) => n + i.size, 0), ids: m.items <= 20 ? items.map((i) => ({ itemId: i.id, folderId: i.folderId, changeKey: i.changeKey })) : undefined };
   });
-  process.stdout.write(JSON.stringify({ url: sim.url, token: sim.token, mailboxes }) + "\n");
+  process.stdout.write(JSON.stringify({ url: sim.url, ewsUrl: sim.ewsUrl, token: sim.token, mailboxes }) + "\n");
   process.stdin.resume();
   process.stdin.on("end", () => {
     void sim.close().then(() => process.exit(0));
@@ -51,7 +51,7 @@ async function main(): Promise<void> {
   // Stats on request: a line "stats" on stdin prints the simulator's counters.
   process.stdin.on("data", (d: Buffer) => {
     if (d.toString().includes("stats")) {
-      process.stdout.write(JSON.stringify({ stats: { importThrottled: sim.stats.importThrottled, importedItems: sim.stats.importedItems, exportItemsCalls: sim.stats.exportItemsCalls, throttledByConcurrency: sim.stats.throttledByConcurrency, totalRequests: sim.stats.totalRequests, requests: sim.stats.requests, maxInFlight: Object.fromEntries(sim.stats.maxInFlight) } }) + "\n");
+      process.stdout.write(JSON.stringify({ stats: { importThrottled: sim.stats.importThrottled, importedItems: sim.stats.importedItems, exportItemsCalls: sim.stats.exportItemsCalls, throttledByConcurrency: sim.stats.throttledByConcurrency, totalRequests: sim.stats.totalRequests, requests: sim.stats.requests, maxInFlight: Object.fromEntries(sim.stats.maxInFlight), ews: { requests: sim.stats.ews.requests, throttled: sim.stats.ews.throttled, peakInFlight: sim.stats.ews.peakInFlight } } }) + "\n");
       sim.resetStats();
     }
   });

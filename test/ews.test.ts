@@ -102,6 +102,16 @@ describe("EWS ExportItems responses from the seed, verbatim", () => {
     }
   });
 
+  it("Data written with a character reference or a CDATA section decodes to the same bytes (any piece size)", async () => {
+    const data = seedData(SUCCESS);
+    const odd = SUCCESS.replace("AQAAAAgAAAAAAAAALgBlAHgAdABlAHMAdAAuAG0AaQBjAHIAbwBzAG8AZgB0AC4A", "AQAAAAgA&#65;AAAAAAALgBlAHgAdABl<![CDATA[AHMAdAAuAG0AaQBjAHIAbwBzAG8A]]>ZgB0AC4A");
+    expect(odd).not.toBe(SUCCESS);
+    for (const size of [1 << 20, 13, 5]) {
+      const out = await collect(readEwsExportResponse(chunked(odd, size), SUCCESS_IDS));
+      expect(out.map((o) => o.sha256)).toEqual(data.map(sha));
+    }
+  });
+
   it("a per-item ErrorServerBusy carries its BackOffMilliseconds", async () => {
     const xml = ERRORS.replace("<m:ResponseCode>ErrorInvalidChangeKey</m:ResponseCode>", "<m:ResponseCode>ErrorServerBusy</m:ResponseCode><m:MessageXml><t:Value Name=\"BackOffMilliseconds\">1500</t:Value></m:MessageXml>");
     const out = await collect(readEwsExportResponse(chunked(xml, 100), ERROR_IDS));

@@ -37,6 +37,13 @@ class EventReader {
   private readonly utf8 = new StringDecoder("utf8");
   private ended = false;
   private error: Error | undefined;
+  /**
+   * Set while an item's `<m:Data>` is being read: incoming text up to the next `<` or `&` is handed
+   * out as it is, without going through sax character by character (base64 holds neither, so this
+   * is the same text sax would give; a `<` or `&` hands the rest back to sax). It more than halves
+   * the parsing cost of a large item.
+   */
+  private rawText = false;
 
   constructor(body: Readable) {
     this.chunks = body[Symbol.asyncIterator]();
@@ -54,6 +61,16 @@ class EventReader {
     this.parser.onerror = (e) => {
       this.error = new ProtocolError("MalformedXml", `the ExportItems response is not well-formed XML: ${e.message.split("\n")[0].slice(0, 200)}`, { retryable: true });
     };
+  }
+
+  /** Starts handing out an element's text directly (see rawText); sax's pending text goes first. */
+  beginRawText(): void {
+    this.parser.flush();
+    this.rawText = true;
+  }
+
+  endRawText(): void {
+    this.rawText = false;
   }
 
   async next(): Promise<SaxEvent | undefined> {
@@ -74,7 +91,9 @@ class EventReader {
           this.parser.write(this.utf8.end());
           this.parser.close();
         } else {
-          this.parser.write(typeof r.value === "string" ? r.value : this.utf8.write(r.value));
+          const text = typeof r.value === "string" ? r.value : this.utf8.write(r.value);
+          if (this.rawText) this.writeRaw(text);
+          else this.parser.write(text);
         }
       } catch (e) {
         // sax throws after calling onerror; the recorded error is the one to report.
@@ -85,6 +104,20 @@ class EventReader {
       if (this.error) throw this.error;
     }
     return this.queue[this.head++];
+  }
+
+  private writeRaw(text: string): void {
+    const lt = text.indexOf("<");
+    const amp = text.indexOf("&");
+    const stop = lt < 0 ? amp : amp < 0 ? lt : Math.min(lt, amp);
+    if (stop < 0) {
+      if (text) this.queue.push({ type: "text", text });
+      return;
+    }
+    if (stop > 0) this.queue.push({ type: "text", text: text.slice(0, stop) });
+    // Markup or a reference: sax (still inside the element's text) takes it from here.
+    this.rawText = false;
+    this.parser.write(text.slice(stop));
   }
 }
 
@@ -190,27 +223,35 @@ class XmlData implements DecodedData {
   async *[Symbol.asyncIterator](): AsyncGenerator<Buffer> {
     if (this.started) throw new Error("item data can be read once");
     this.started = true;
-    while (!this.finished) {
-      const e = await this.r.next();
-      if (!e) throw new ProtocolError("TruncatedResponse", "the ExportItems response ended inside an item's Data", { retryable: true });
-      if (e.type === "close" && e.name === "Data") {
-        this.finished = true;
-        const last = this.decoder.end(this.itemId);
-        if (last?.length) yield last;
-        return;
+    this.r.beginRawText();
+    try {
+      while (!this.finished) {
+        const e = await this.r.next();
+        if (!e) throw new ProtocolError("TruncatedResponse", "the ExportItems response ended inside an item's Data", { retryable: true });
+        if (e.type === "close" && e.name === "Data") {
+          this.finished = true;
+          this.r.endRawText();
+          const last = this.decoder.end(this.itemId);
+          if (last?.length) yield last;
+          return;
+        }
+        if (e.type !== "text") throw new ProtocolError("MalformedResponse", "an ExportItems Data element holds markup", { retryable: false });
+        // xs:base64Binary may be wrapped over lines; the decoder wants the bare alphabet.
+        const out = this.decoder.push(e.text.replace(/\s+/g, ""), this.itemId);
+        if (out?.length) yield out;
       }
-      if (e.type !== "text") throw new ProtocolError("MalformedResponse", "an ExportItems Data element holds markup", { retryable: false });
-      // xs:base64Binary may be wrapped over lines; the decoder wants the bare alphabet.
-      const out = this.decoder.push(/\s/.test(e.text) ? e.text.replace(/\s+/g, "") : e.text, this.itemId);
-      if (out?.length) yield out;
+    } finally {
+      this.r.endRawText();
     }
   }
 
   async drain(): Promise<void> {
+    if (!this.finished) this.r.beginRawText();
     while (!this.finished) {
       const e = await this.r.next();
       if (!e) throw new ProtocolError("TruncatedResponse", "the ExportItems response ended inside an item's Data", { retryable: true });
       if (e.type === "close" && e.name === "Data") this.finished = true;
     }
+    this.r.endRawText();
   }
 }
