@@ -240,6 +240,16 @@ describe("EWS from the CLI and the HTTP trigger's input checks", () => {
     expectMirrors(await manifestLines(store, r.manifest));
   });
 
+  it("an alias resolves to the mailbox's primary address: one id, one history, no second backup", async () => {
+    sim.addEmailAlias(mbx.mailboxId, "legacy.name@contoso.local");
+    const run = await withApp((t) => backup(t, "ews:Legacy.Name@contoso.local"));
+    expect(run.mailboxId).toBe(`EWS:${MB}`);
+    expect(run.failed).toBe(0);
+    const entry = JSON.parse((await store.readText(`${run.manifest.split("/runs/")[0]}/mailbox.json`)) as string) as { addresses: string[] };
+    expect(entry.addresses).toContain("ews:Legacy.Name@contoso.local");
+    expect(sim.stats.ews.requests.ResolveNames).toBeGreaterThanOrEqual(1);
+  });
+
   it("unknown mailbox, malformed address, missing EWS setup: clear errors", async () => {
     await withApp(async (t) => {
       const post = (m: string, body?: unknown) => fetch(`${t.app.host.baseUrl}/api/mailboxes/${encodeURIComponent(m)}/backups`, { method: "POST", headers: { "x-functions-key": KEY, "content-type": "application/json" }, body: body === undefined ? undefined : JSON.stringify(body) });

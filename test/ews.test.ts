@@ -323,7 +323,8 @@ describe("EwsClient and EwsSource against scripted servers", () => {
       try {
         const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" }, baseRetryDelayMs: 1 }), 50);
         await expect(source.resolveMailbox("ews:nobody@contoso.local")).rejects.toMatchObject({ code: "MailboxNotFound", status: 404 });
-        expect(server.requests).toHaveLength(1); // a permanent answer is not retried
+        // ResolveNames (refused: the address is kept) and GetFolder; a permanent answer is not retried.
+        expect(server.requests).toHaveLength(2);
       } finally {
         await server.stop();
       }
@@ -418,7 +419,7 @@ describe("EwsClient and EwsSource against scripted servers", () => {
     try {
       const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" }, maxRequests: 3, maxRequestsPerMailbox: 4 }), 50);
       await Promise.all(Array.from({ length: 12 }, (_, i) => source.resolveMailbox(`ews:user${i % 4}@contoso.local`)));
-      expect(server.requests).toHaveLength(12);
+      expect(server.requests).toHaveLength(24); // ResolveNames and GetFolder per mailbox
       expect(peak).toBe(3);
     } finally {
       await server.stop();

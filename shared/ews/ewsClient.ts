@@ -59,10 +59,13 @@ export interface EwsCall {
   operation: string;
   /** The operation element: `{"m:SyncFolderItems": {...}}`. */
   body: XmlSpec;
+  /** false: a directory question (ResolveNames), asked as the service account itself. */
+  impersonate?: boolean;
   signal?: AbortSignal;
 }
 
-export interface EwsStreamCall extends Omit<EwsCall, "body"> {
+export interface EwsStreamCall extends Omit<EwsCall, "body" | "impersonate"> {
+  impersonate?: boolean;
   /**
    * The envelope, produced afresh for every attempt: `before` + the parts of `stream()` + `after`,
    * so that a large item is base64-encoded into the request as it is read.
@@ -106,13 +109,13 @@ export class EwsClient {
     return this.options.impersonation ?? true;
   }
 
-  header(mailbox: string): EnvelopeHeader {
-    return { serverVersion: this.options.serverVersion ?? "Exchange2010_SP1", ...(this.impersonation ? { impersonate: mailbox } : {}) };
+  header(mailbox: string, impersonate = true): EnvelopeHeader {
+    return { serverVersion: this.options.serverVersion ?? "Exchange2010_SP1", ...(this.impersonation && impersonate ? { impersonate: mailbox } : {}) };
   }
 
   /** One call with a small response, parsed. Faults become EwsError; response messages are the caller's to read. */
   async call(c: EwsCall): Promise<XmlNode> {
-    const envelope = soapEnvelope(this.header(c.mailbox), c.body);
+    const envelope = soapEnvelope(this.header(c.mailbox, c.impersonate !== false), c.body);
     return this.stream({ ...c, envelope: async function* () { yield Buffer.from(envelope); } }, async (body) => {
       let text: string;
       try {
@@ -210,7 +213,7 @@ export class EwsClient {
       "return-client-request-id": "true",
     };
     // Routes the call to the server holding the mailbox (required with impersonation in Exchange Online).
-    if (this.impersonation) headers["X-AnchorMailbox"] = c.mailbox;
+    if (this.impersonation && c.impersonate !== false) headers["X-AnchorMailbox"] = c.mailbox;
     return fetchWithHeadersTimeout(
       this.url,
       {

@@ -6,7 +6,7 @@ import type { ImportedItem, ImportRequest, MailboxSource } from "../source";
 import type { EwsClient } from "./ewsClient";
 import { readEwsExportResponse } from "./exportItemsReader";
 import { EwsError, messageError, type ResponseMessage, responseMessages, soapEnvelope, TRANSIENT_EWS_CODES } from "./soap";
-import { child, parseXml, path, textOf, type XmlNode, type XmlSpec } from "./xml";
+import { child, childrenNamed, parseXml, textOf, type XmlNode, type XmlSpec } from "./xml";
 
 /**
  * Exchange Server mailboxes through EWS (research/graph-api.md §10), with the same shapes the
@@ -51,7 +51,9 @@ export class EwsSource implements MailboxSource {
   }
 
   async resolveMailbox(mailbox: string, signal?: AbortSignal): Promise<ResolvedMailbox> {
-    const address = ewsAddress(mailbox);
+    // One mailbox, one id: an alias resolves to the primary address, so that two names never make
+    // two backup histories (or two backups of one mailbox at once).
+    const address = await this.primaryAddress(ewsAddress(mailbox), signal);
     const unknown = (code: string) => new GraphError(404, "MailboxNotFound", `Exchange (EWS) has no mailbox ${address} the service account may open (${code})`);
     let m: ResponseMessage;
     try {
@@ -255,6 +257,33 @@ export class EwsSource implements MailboxSource {
   private distinguished(id: string, address: string): XmlSpec {
     // Naming the mailbox works with impersonation and is what delegate access needs.
     return { "t:DistinguishedFolderId": { "@_Id": id, "t:Mailbox": { "t:EmailAddress": address } } };
+  }
+
+  /**
+   * The primary SMTP address of the mailbox that owns `address` (ResolveNames with `smtp:`, which
+   * matches proxy addresses exactly). A server that will not answer the question leaves the
+   * address as given; one that finds nothing means there is no such mailbox.
+   */
+  private async primaryAddress(address: string, signal?: AbortSignal): Promise<string> {
+    let m: ResponseMessage;
+    try {
+      const env = await this.client.call({ mailbox: address, operation: "ResolveNames", impersonate: false, body: { "m:ResolveNames": { "@_ReturnFullContactData": "false", "m:UnresolvedEntry": `smtp:${address}` } }, signal });
+      m = responseMessages(env, "ResolveNames")[0];
+    } catch (e) {
+      // Not allowed, or not understood (an answer of another shape): keep the address as given.
+      if (e instanceof EwsError && (!e.retryable || e.code === "MalformedResponse")) return address;
+      throw e;
+    }
+    if (!m) return address;
+    if (m.code === "ErrorNameResolutionNoResults") throw new GraphError(404, "MailboxNotFound", `Exchange (EWS) knows no mailbox with the address ${address}`);
+    if (!m.ok && m.code !== "ErrorNameResolutionMultipleResults") return address;
+    const mailboxes = childrenNamed(child(m.node, "ResolutionSet"), "Resolution")
+      .map((r) => child(r, "Mailbox"))
+      .filter((x) => x && (textOf(x, "MailboxType") ?? "Mailbox") === "Mailbox" && (textOf(x, "RoutingType") ?? "SMTP").toUpperCase() === "SMTP")
+      .map((x) => (textOf(x, "EmailAddress") ?? "").toLowerCase())
+      .filter((a) => ADDRESS.test(a));
+    const unique = [...new Set(mailboxes)];
+    return unique.length === 1 ? unique[0] : address;
   }
 
   private async getFolders(address: string, ids: XmlSpec[], shape: "IdOnly" | "AllProperties", signal?: AbortSignal): Promise<ResponseMessage[]> {

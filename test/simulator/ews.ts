@@ -58,6 +58,7 @@ const OPERATIONS = {
   ExportItems: "ewsExportItems",
   UploadItems: "ewsUploadItems",
   CreateFolder: "ewsCreateFolder",
+  ResolveNames: "ewsResolveNames",
 } as const satisfies Record<EwsOperation, EwsRouteName>;
 type Operation = EwsOperation;
 
@@ -471,11 +472,20 @@ export class EwsHandler {
 
   // ---- mailbox resolution ------------------------------------------------------------------
 
+  /** Secondary SMTP addresses (proxy addresses), lowercased, to the mailbox's primary one. */
+  readonly aliases = new Map<string, string>();
+
   /** A mailbox by primary SMTP address (= UPN in the model), case-insensitive. */
   mailboxBySmtp(address: string): MailboxState | undefined {
     const u = this.model.findUser(address.trim());
     if (!u || !u.mailboxId || u.userPrincipalName.toLowerCase() !== address.trim().toLowerCase()) return undefined;
     return this.model.mailboxes.get(u.mailboxId.toLowerCase());
+  }
+
+  /** A mailbox by any of its SMTP addresses (primary or alias). */
+  mailboxByAnySmtp(address: string): MailboxState | undefined {
+    const a = address.trim().toLowerCase();
+    return this.mailboxBySmtp(this.aliases.get(a) ?? a);
   }
 
   private folderOwner(id: string): { mbx: MailboxState; folder: FolderRec } | undefined {
@@ -601,7 +611,8 @@ export class EwsHandler {
     const itemIds: string[] = [];
     for (const n of walk(opNode)) if (n.name === "ItemId" && n.attrs.Id !== undefined) itemIds.push(n.attrs.Id);
     const r: Req = { req, res, op, route, body: opNode, impersonated, acting: null, principal, itemIds };
-    r.acting = this.resolveActing(r);
+    // ResolveNames asks the directory, not a mailbox: no acting mailbox, no per-mailbox slot.
+    r.acting = op === "ResolveNames" && impersonated === null ? null : this.resolveActing(r);
     const mbxId = r.acting?.mailboxId ?? null;
     if (r.acting) this.admit(r, r.acting);
     this.stats.ews.log.push({ at: arrivedAt, mailboxId: mbxId, operation: op, route });
@@ -642,6 +653,8 @@ export class EwsHandler {
         return this.uploadItems(r);
       case "CreateFolder":
         return this.createFolder(r);
+      case "ResolveNames":
+        return this.resolveNames(r);
     }
   }
 
@@ -965,6 +978,25 @@ export class EwsHandler {
       return this.ok(r.op, `<m:Folders>${this.renderFolder(parent.mbx, x, { base: "IdOnly", fields: new Set() })}</m:Folders>`);
     });
     await this.respond(r, out);
+  }
+
+  /**
+   * ResolveNames for mailbox addresses: `<m:UnresolvedEntry>smtp:addr</m:UnresolvedEntry>` (or a
+   * bare address) matches a primary address or an alias; the resolution names the primary one.
+   * No match: ErrorNameResolutionNoResults.
+   */
+  private async resolveNames(r: Req): Promise<void> {
+    const entry = (child(r.body, "UnresolvedEntry")?.text ?? "").trim().replace(/^smtp:/i, "");
+    if (!entry) throw new SoapFault("ErrorInvalidRequest", `${TEXT.ErrorInvalidRequest} UnresolvedEntry is required.`);
+    const mbx = this.mailboxByAnySmtp(entry);
+    if (!mbx) {
+      await this.respond(r, [this.err(r.op, msgError("ErrorNameResolutionNoResults", "No results were found."))]);
+      return;
+    }
+    const m =
+      `<m:ResolutionSet TotalItemsInView="1" IncludesLastItemInRange="true"><t:Resolution><t:Mailbox>${el("t:Name", mbx.displayName)}` +
+      `${el("t:EmailAddress", mbx.upn)}<t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox></t:Resolution></m:ResolutionSet>`;
+    await this.respond(r, [this.ok(r.op, m)]);
   }
 
   private createOne(mbx: MailboxState, parent: FolderRec, spec: XNode): FolderRec | MsgError {

@@ -242,6 +242,12 @@ export class ExchangeSimulator {
   }
 
   /** The mailbox whose primary SMTP address (= UPN) is `address`, case-insensitive. */
+  /** Gives the mailbox a secondary SMTP address (a proxy address), which EWS ResolveNames resolves to its primary one. */
+  addEmailAlias(mailbox: string, alias: string): void {
+    const m = this.mbx(mailbox);
+    this.ews.aliases.set(alias.trim().toLowerCase(), m.upn.toLowerCase());
+  }
+
   findMailboxBySmtp(address: string): SimMailbox | undefined {
     const m = this.ews.mailboxBySmtp(address);
     return m ? this.model.mailboxSnapshot(m) : undefined;

@@ -1,9 +1,9 @@
 /** Counters the tests and benchmarks assert on. Reset with `sim.resetStats()`. */
 
 /** The EWS operations the simulator serves, by route name (`ews` + operation). */
-export type EwsRouteName = "ewsGetFolder" | "ewsSyncFolderHierarchy" | "ewsSyncFolderItems" | "ewsExportItems" | "ewsUploadItems" | "ewsCreateFolder";
+export type EwsRouteName = "ewsGetFolder" | "ewsSyncFolderHierarchy" | "ewsSyncFolderItems" | "ewsExportItems" | "ewsUploadItems" | "ewsCreateFolder" | "ewsResolveNames";
 
-export const EWS_ROUTE_NAMES: readonly EwsRouteName[] = ["ewsGetFolder", "ewsSyncFolderHierarchy", "ewsSyncFolderItems", "ewsExportItems", "ewsUploadItems", "ewsCreateFolder"];
+export const EWS_ROUTE_NAMES: readonly EwsRouteName[] = ["ewsGetFolder", "ewsSyncFolderHierarchy", "ewsSyncFolderItems", "ewsExportItems", "ewsUploadItems", "ewsCreateFolder", "ewsResolveNames"];
 
 /** The Graph routes and EWS operations the simulator serves (also the route names of fault rules). */
 export type RouteName =
@@ -36,9 +36,9 @@ export const ROUTE_NAMES: readonly RouteName[] = [
 ];
 
 /** EWS operations the simulator serves. */
-export type EwsOperation = "GetFolder" | "SyncFolderHierarchy" | "SyncFolderItems" | "ExportItems" | "UploadItems" | "CreateFolder";
+export type EwsOperation = "GetFolder" | "SyncFolderHierarchy" | "SyncFolderItems" | "ExportItems" | "UploadItems" | "CreateFolder" | "ResolveNames";
 
-export const EWS_OPERATIONS: readonly EwsOperation[] = ["GetFolder", "SyncFolderHierarchy", "SyncFolderItems", "ExportItems", "UploadItems", "CreateFolder"];
+export const EWS_OPERATIONS: readonly EwsOperation[] = ["GetFolder", "SyncFolderHierarchy", "SyncFolderItems", "ExportItems", "UploadItems", "CreateFolder", "ResolveNames"];
 
 /** An admitted EWS request (`stats.ews.log`): when it arrived, its acting mailbox and operation. */
 export interface EwsRequestLogEntry {
