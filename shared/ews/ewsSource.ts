@@ -212,14 +212,19 @@ export class EwsSource implements MailboxSource {
     const [before, after] = soapEnvelope(this.client.header(address), { "m:UploadItems": { "m:Items": { "t:Item": item } } }).split(marker);
     let delay = this.options.uploadRetryDelayMs ?? 1000;
     for (let attempt = 1; ; attempt++) {
+      // Opened before the call: a stored object that cannot be read fails as itself, not as a
+      // network error retried eight times. Later sends of the same attempt open it afresh.
+      let opened: AsyncIterable<Uint8Array> | undefined = await r.open();
       const env = await this.client.stream(
         {
           mailbox: address,
           operation: "UploadItems",
           signal: r.signal,
           envelope: async function* () {
+            const bytes = opened ?? (await r.open());
+            opened = undefined;
             yield Buffer.from(before);
-            yield* base64Of(await r.open());
+            yield* base64Of(bytes);
             yield Buffer.from(after);
           },
         },

@@ -57,12 +57,14 @@ export class Importer {
     for (let attempt = 1; ; attempt++) {
       await this.pace(mailboxId, wireBytes, options.signal);
       const session = await this.session(mailboxId, options.signal);
+      // Opened outside the try: a stored object that cannot be read fails as itself, not as a network error.
+      const bytes = await open();
       let res: Response;
       try {
         res = await fetch(session.url, {
           method: "POST",
           headers: { "Content-Type": "application/json" },
-          body: Readable.toWeb(Readable.from(importBody(folderId, await open()))) as ReadableStream<Uint8Array>,
+          body: Readable.toWeb(Readable.from(importBody(folderId, bytes))) as ReadableStream<Uint8Array>,
           // Node's fetch needs this for a streamed request body.
           duplex: "half",
           signal: options.signal,
