@@ -42,6 +42,22 @@ describe("readExportResponse", () => {
     }
   });
 
+  it("data written with JSON escapes (\\/ and \\u0041) or a multi-byte character nearby decodes the same, whatever the chunking", async () => {
+    const bytes = randomBytes(300_000);
+    const b64 = bytes.toString("base64");
+    // Escape every '/' (some JSON writers do) and one 'A' as \u0041, at varying places.
+    let escaped = b64.replace(/\//g, "\\/");
+    const a = escaped.indexOf("A", 1000);
+    escaped = `${escaped.slice(0, a)}\\u0041${escaped.slice(a + 1)}`;
+    const text = `{"value":[{"itemId":"é-1","changeKey":"k","data":"${escaped}"},{"itemId":"b","changeKey":"k2","data":"${b64}"}]}`;
+    for (const piece of [5, 4096, 65536]) {
+      const got = await collect(body(text, piece));
+      expect(got.map((g) => g.el.itemId)).toEqual(["é-1", "b"]);
+      expect(got[0].bytes?.equals(bytes)).toBe(true);
+      expect(got[1].bytes?.equals(bytes)).toBe(true);
+    }
+  });
+
   it("decodes a large item exactly, in bounded pieces", async () => {
     const bytes = randomBytes(3 * 1024 * 1024 + 1);
     const text = `{"value":[{"itemId":"a","changeKey":"k","data":"${bytes.toString("base64")}"}]}`;
