@@ -3,6 +3,7 @@ import type { ExportElement } from "../export/exportResponse";
 import { readAll, sleep } from "../graph/graphClient";
 import type { DeltaPage, MailboxFolder, MailboxItemInfo, ResolvedMailbox } from "../graph/mailboxApi";
 import type { ImportedItem, ImportRequest, MailboxSource } from "../source";
+import { base64Of } from "../util/base64";
 import type { EwsClient } from "./ewsClient";
 import { readEwsExportResponse } from "./exportItemsReader";
 import { EwsError, messageError, type ResponseMessage, responseMessages, soapEnvelope, TRANSIENT_EWS_CODES } from "./soap";
@@ -372,16 +373,5 @@ function intOf(s: string | undefined): number | undefined {
   if (s === undefined || s === "") return undefined;
   const n = Number(s);
   return Number.isFinite(n) ? n : undefined;
-}
-
-async function* base64Of(bytes: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
-  let carry = Buffer.alloc(0);
-  for await (const c of bytes) {
-    const buf = carry.length ? Buffer.concat([carry, Buffer.from(c)]) : Buffer.from(c);
-    const cut = buf.length - (buf.length % 3);
-    if (cut > 0) yield Buffer.from(buf.subarray(0, cut).toString("base64"));
-    carry = buf.subarray(cut);
-  }
-  if (carry.length) yield Buffer.from(carry.toString("base64"));
 }
 

@@ -4,6 +4,7 @@ import { parseRetryAfter, sleep } from "../graph/graphClient";
 import type { MailboxApi } from "../graph/mailboxApi";
 import { type Logger, silentLogger } from "../log";
 import type { ImportedItem } from "../source";
+import { base64Of } from "../util/base64";
 
 /**
  * Uploads stored items into a mailbox through Graph import sessions
@@ -148,14 +149,7 @@ function key(mailboxId: string): string {
 /** `{"FolderId": ..., "Mode": "create", "Data": "<base64 of the stored bytes>"}`, streamed. */
 async function* importBody(folderId: string, bytes: AsyncIterable<Uint8Array>): AsyncGenerator<Buffer> {
   yield Buffer.from(`{"FolderId":${JSON.stringify(folderId)},"Mode":"create","Data":"`);
-  let carry = Buffer.alloc(0);
-  for await (const c of bytes) {
-    const buf = carry.length ? Buffer.concat([carry, Buffer.from(c)]) : Buffer.from(c);
-    const cut = buf.length - (buf.length % 3);
-    if (cut > 0) yield Buffer.from(buf.subarray(0, cut).toString("base64"));
-    carry = buf.subarray(cut);
-  }
-  if (carry.length) yield Buffer.from(carry.toString("base64"));
+  yield* base64Of(bytes);
   yield Buffer.from(`"}`);
 }
 
