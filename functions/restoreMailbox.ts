@@ -18,7 +18,8 @@ import { prepareRestore, RestoreBody } from "../shared/restore/prepare";
 
 /**
  * Restore (design.md, "Restore data flow"): items of one stored run back into the same or another
- * mailbox, through Graph import sessions. POST /api/mailboxes/{mailbox}/restores starts it.
+ * mailbox, through Graph import sessions or EWS UploadItems (the target's source).
+ * POST /api/mailboxes/{mailbox}/restores starts it.
  */
 
 export const RESTORE_ORCHESTRATION = "restoreMailbox";
@@ -103,7 +104,8 @@ df.app.orchestration(RESTORE_ORCHESTRATION, restoreMailbox);
 
 /**
  * POST /api/mailboxes/{mailbox}/restores  (function key)
- * Body: {"run"?, "target"?, "folders"?: [...], "items"?: [...], "targetFolderName"?, "intoOriginalFolders"?}
+ * Body: {"run"?, "target"?, "folders"?: [...], "items"?: [...], "targetFolderName"?, "intoOriginalFolders"?, "mode"?}
+ * ("mode": create, or update / upsert to overwrite in place, same mailbox, EWS targets).
  * 202 with the check-status payload; 400 for bad input or a run/folder/item not in the store.
  */
 export async function startRestoreHandler(request: HttpRequest, client: DurableClient, context: InvocationContext): Promise<HttpResponseInit> {

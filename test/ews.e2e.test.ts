@@ -277,6 +277,31 @@ describe("EWS from the CLI and the HTTP trigger's input checks", () => {
     expect(sim.stats.ews.requests.ResolveNames).toBeGreaterThanOrEqual(1);
   });
 
+  it("restore through the HTTP trigger into an EWS mailbox (upsert), then runs and verify from the CLI", async () => {
+    const some = sim.listItems(mbx.mailboxId, bigFolder).slice(40, 42);
+    sim.deleteItem(mbx.mailboxId, some[0].id);
+    const report = await withApp(async (t) => {
+      const res = await fetch(`${t.app.host.baseUrl}/api/mailboxes/${encodeURIComponent(`ews:${MB}`)}/restores`, {
+        method: "POST",
+        headers: { "x-functions-key": KEY, "content-type": "application/json" },
+        body: JSON.stringify({ items: some.map((i) => i.id), mode: "upsert" }),
+      });
+      expect(res.status).toBe(202);
+      const { id } = (await res.json()) as { id: string };
+      const s = await t.app.host.waitForCompletion(id, { timeoutMs: 60_000 });
+      return s.output as RestoreReport;
+    });
+    expect(report).toMatchObject({ imported: 2, failed: 0 });
+    expect(sim.importedItems(mbx.mailboxId).slice(-2).map((i) => i.mode).sort()).toEqual(["create", "update"]);
+    const io = (out: string[]) => ({ stdout: (s: string) => void out.push(s), stderr: () => {}, env: {}, tty: false });
+    const runsOut: string[] = [];
+    expect(await runCli(["runs", "--mailbox", `ews:${MB}`, "--store", (store as { location: string }).location, "--json"], io(runsOut))).toBe(EXIT.ok);
+    expect((JSON.parse(runsOut.join("")) as { mailboxId: string; runs: unknown[] }).mailboxId).toBe(`EWS:${MB}`);
+    const verifyOut: string[] = [];
+    expect(await runCli(["verify", "--mailbox", `ews:${MB}`, "--store", (store as { location: string }).location, "--json"], io(verifyOut))).toBe(EXIT.ok);
+    expect((JSON.parse(verifyOut.join("")) as { problems: unknown[] }).problems).toEqual([]);
+  });
+
   it("unknown mailbox, malformed address, missing EWS setup: clear errors", async () => {
     await withApp(async (t) => {
       const post = (m: string, body?: unknown) => fetch(`${t.app.host.baseUrl}/api/mailboxes/${encodeURIComponent(m)}/backups`, { method: "POST", headers: { "x-functions-key": KEY, "content-type": "application/json" }, body: body === undefined ? undefined : JSON.stringify(body) });
