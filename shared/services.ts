@@ -121,7 +121,8 @@ function ewsSource(env: Env, overrides: ServiceOverrides, maxRequestsPerMailbox:
     const token = setting(env, "EWS_ACCESS_TOKEN");
     auth = { kind: "oauth", scope: setting(env, "MAILVAULT_EWS_TOKEN_SCOPE") as string, credential: overrides.ewsCredential ?? (token ? new StaticTokenCredential(token) : graphCredential({ ...env, GRAPH_ACCESS_TOKEN: undefined })) };
   } else {
-    throw new InvalidInputError(`MAILVAULT_EWS_AUTH must be oauth or basic, got ${JSON.stringify(kind)}`, "InvalidSetting");
+    const hint = /^(ntlm|negotiate|kerberos)$/i.test(kind ?? "") ? " (NTLM and Kerberos are not supported: enable Basic over TLS or OAuth on the EWS virtual directory)" : "";
+    throw new InvalidInputError(`MAILVAULT_EWS_AUTH must be oauth or basic, got ${JSON.stringify(kind)}${hint}`, "InvalidSetting");
   }
   const client = new EwsClient({
     url,

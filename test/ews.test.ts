@@ -16,6 +16,8 @@ import { exportBatch } from "../shared/export/exportBatch";
 import type { ExportElement } from "../shared/export/exportResponse";
 import { StaticTokenCredential } from "../shared/graph/graphClient";
 import { LocalItemStore } from "../shared/store/localItemStore";
+import { createServices } from "../shared/services";
+import { sourceFor } from "../shared/source";
 
 /**
  * The EWS ExportItems seed (../shared/seeds/ews-ExportItems-operation.txt): its request and its two
@@ -421,6 +423,50 @@ describe("EwsClient and EwsSource against scripted servers", () => {
       await Promise.all(Array.from({ length: 12 }, (_, i) => source.resolveMailbox(`ews:user${i % 4}@contoso.local`)));
       expect(server.requests).toHaveLength(24); // ResolveNames and GetFolder per mailbox
       expect(peak).toBe(3);
+    } finally {
+      await server.stop();
+    }
+  });
+});
+
+describe("EWS settings and inputs are checked before anything is sent", () => {
+  const base = { GRAPH_ACCESS_TOKEN: "t", MAILVAULT_STORE: "./x" };
+  const make = (env: Record<string, string>) => createServices({ ...base, ...env }, { store: new LocalItemStore(join(tmpdir(), "mailvault-never-written")) });
+
+  it("bad settings are clear errors", () => {
+    expect(make({}).sources.ews).toBeUndefined();
+    expect(make({ MAILVAULT_EWS_URL: "https://mail.contoso.local/EWS/Exchange.asmx", EWS_ACCESS_TOKEN: "tok" }).sources.ews?.kind).toBe("ews");
+    const bad: Array<[Record<string, string>, RegExp]> = [
+      [{ MAILVAULT_EWS_URL: "not a url" }, /MAILVAULT_EWS_URL is not a URL/],
+      [{ MAILVAULT_EWS_URL: "http://mail.contoso.local/EWS/Exchange.asmx" }, /must be https/],
+      [{ MAILVAULT_EWS_URL: "https://u:p@mail.contoso.local/EWS/Exchange.asmx" }, /must not carry credentials/],
+      [{ MAILVAULT_EWS_URL: "https://mail.contoso.local/EWS/Exchange.asmx", MAILVAULT_EWS_AUTH: "ntlm" }, /must be oauth or basic, got "ntlm" \(NTLM and Kerberos are not supported/],
+      [{ MAILVAULT_EWS_URL: "https://mail.contoso.local/EWS/Exchange.asmx", MAILVAULT_EWS_AUTH: "basic", MAILVAULT_EWS_USERNAME: "svc" }, /needs MAILVAULT_EWS_USERNAME and MAILVAULT_EWS_PASSWORD/],
+      [{ MAILVAULT_EWS_URL: "https://mail.contoso.local/EWS/Exchange.asmx", EWS_ACCESS_TOKEN: "t", MAILVAULT_EWS_BATCH_ITEMS: "101" }, /MAILVAULT_EWS_BATCH_ITEMS must be a whole number from 1 to 100/],
+      [{ MAILVAULT_EWS_URL: "https://mail.contoso.local/EWS/Exchange.asmx", EWS_ACCESS_TOKEN: "t", MAILVAULT_EWS_SERVER_VERSION: "Exchange2007_SP1" }, /Exchange2010_SP1 or later/],
+      [{ MAILVAULT_EWS_URL: "https://mail.contoso.local/EWS/Exchange.asmx", EWS_ACCESS_TOKEN: "t", MAILVAULT_EWS_IMPERSONATION: "maybe" }, /must be true or false/],
+      [{ MAILVAULT_EWS_URL: "https://mail.contoso.local/EWS/Exchange.asmx", EWS_ACCESS_TOKEN: "t", MAILVAULT_EWS_MAX_REQUESTS: "0" }, /MAILVAULT_EWS_MAX_REQUESTS must be a whole number/],
+    ];
+    for (const [env, why] of bad) expect(() => make(env), JSON.stringify(env)).toThrow(why);
+    // An ews: mailbox without EWS configured is refused by name.
+    expect(() => sourceFor(make({}).sources, "EWS:a@b.c")).toThrow(/MAILVAULT_EWS_URL is not set/);
+  });
+
+  it("export batches: more ids than configured, empty, malformed or duplicate ids are refused without a call", async () => {
+    const server = new Scripted((_n, _req, res) => res.end());
+    await server.start();
+    try {
+      const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" } }), 5);
+      const store = new LocalItemStore(join(tmpdir(), "mailvault-never-written"));
+      const items = (n: number) => Array.from({ length: n }, (_, i) => ({ itemId: `id-${i}`, folderId: "f" }));
+      const run = (list: Array<{ itemId: unknown; folderId: string }>) => exportBatch({ mailbox: source, store }, { mailboxId: "EWS:a@contoso.local", items: list as Array<{ itemId: string; folderId: string }> });
+      await expect(run(items(6))).rejects.toMatchObject({ code: "TooManyItemIds" });
+      await expect(run([])).rejects.toMatchObject({ code: "InvalidItemIds" });
+      await expect(run([{ itemId: "", folderId: "f" }])).rejects.toMatchObject({ code: "InvalidItemIds" });
+      await expect(run([{ itemId: 42, folderId: "f" }])).rejects.toMatchObject({ code: "InvalidItemIds" });
+      await expect(run([{ itemId: "a\u0000b", folderId: "f" }])).rejects.toMatchObject({ code: "InvalidItemIds" });
+      await expect(run([{ itemId: "x", folderId: "f" }, { itemId: "x", folderId: "f" }])).rejects.toThrow(/duplicate/);
+      expect(server.requests).toHaveLength(0);
     } finally {
       await server.stop();
     }
