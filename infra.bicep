@@ -112,15 +112,16 @@ param ewsUrl string = ''
 
 @allowed([
   'oauth'
+  'ntlm'
   'basic'
 ])
-@description('MAILVAULT_EWS_AUTH: oauth (the managed identity, for MAILVAULT_EWS_TOKEN_SCOPE) or basic (service account).')
+@description('MAILVAULT_EWS_AUTH: oauth (the managed identity, for MAILVAULT_EWS_TOKEN_SCOPE), ntlm or basic (service account).')
 param ewsAuth string = 'oauth'
 
 @description('MAILVAULT_EWS_TOKEN_SCOPE: token scope of oauth EWS sign-in.')
 param ewsTokenScope string = 'https://outlook.office365.com/.default'
 
-@description('MAILVAULT_EWS_USERNAME: service account of basic EWS sign-in (ApplicationImpersonation role).')
+@description('MAILVAULT_EWS_USERNAME: service account of ntlm or basic EWS sign-in (ApplicationImpersonation role).')
 param ewsUsername string = ''
 
 @secure()

@@ -111,18 +111,18 @@ function ewsSource(env: Env, overrides: ServiceOverrides, maxRequestsPerMailbox:
   if (!url) return undefined;
   const kind = setting(env, "MAILVAULT_EWS_AUTH");
   let auth: EwsAuth;
-  if (kind === "basic") {
+  if (kind === "basic" || kind === "ntlm") {
     const username = setting(env, "MAILVAULT_EWS_USERNAME");
     const password = setting(env, "MAILVAULT_EWS_PASSWORD");
-    if (!username || !password) throw new InvalidInputError("MAILVAULT_EWS_AUTH=basic needs MAILVAULT_EWS_USERNAME and MAILVAULT_EWS_PASSWORD", "InvalidSetting");
-    if (!/^https:/i.test(url) && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/i.test(url)) throw new InvalidInputError("Basic sign-in to EWS needs an https MAILVAULT_EWS_URL", "InvalidSetting");
-    auth = { kind: "basic", username, password };
+    if (!username || !password) throw new InvalidInputError(`MAILVAULT_EWS_AUTH=${kind} needs MAILVAULT_EWS_USERNAME and MAILVAULT_EWS_PASSWORD`, "InvalidSetting");
+    if (kind === "basic" && !/^https:/i.test(url) && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/]/i.test(url)) throw new InvalidInputError("Basic sign-in to EWS needs an https MAILVAULT_EWS_URL", "InvalidSetting");
+    auth = { kind, username, password };
   } else if (kind === "oauth") {
     const token = setting(env, "EWS_ACCESS_TOKEN");
     auth = { kind: "oauth", scope: setting(env, "MAILVAULT_EWS_TOKEN_SCOPE") as string, credential: overrides.ewsCredential ?? (token ? new StaticTokenCredential(token) : graphCredential({ ...env, GRAPH_ACCESS_TOKEN: undefined })) };
   } else {
-    const hint = /^(ntlm|negotiate|kerberos)$/i.test(kind ?? "") ? " (NTLM and Kerberos are not supported: enable Basic over TLS or OAuth on the EWS virtual directory)" : "";
-    throw new InvalidInputError(`MAILVAULT_EWS_AUTH must be oauth or basic, got ${JSON.stringify(kind)}${hint}`, "InvalidSetting");
+    const hint = /^(negotiate|kerberos)$/i.test(kind ?? "") ? " (Kerberos is not supported: use ntlm, which Negotiate falls back to)" : "";
+    throw new InvalidInputError(`MAILVAULT_EWS_AUTH must be oauth, ntlm or basic, got ${JSON.stringify(kind)}${hint}`, "InvalidSetting");
   }
   const client = new EwsClient({
     url,

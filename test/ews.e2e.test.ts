@@ -302,6 +302,21 @@ describe("EWS from the CLI and the HTTP trigger's input checks", () => {
     expect((JSON.parse(verifyOut.join("")) as { problems: unknown[] }).problems).toEqual([]);
   });
 
+  it("NTLM sign-in (the on-premises default): one handshake per connection, then the connection carries the calls; a wrong password is a clear error", async () => {
+    const ntlmEnv = { MAILVAULT_EWS_AUTH: "ntlm", MAILVAULT_EWS_USERNAME: `CONTOSO\\${sim.ewsUsername}`, MAILVAULT_EWS_PASSWORD: sim.ewsPassword };
+    sim.resetStats();
+    const run = await withApp((t) => backup(t), { ...ntlmEnv, EWS_ACCESS_TOKEN: "" });
+    expect(run).toMatchObject({ mailboxId: `EWS:${MB}`, failed: 0 });
+    const calls = Object.values(sim.stats.ews.requests).reduce((n, v) => n + v, 0);
+    expect(calls).toBeGreaterThan(10);
+    // Connections are reused: far fewer handshakes than calls, at most one per connection in flight.
+    expect(sim.stats.ews.ntlmHandshakes).toBeGreaterThanOrEqual(1);
+    expect(sim.stats.ews.ntlmHandshakes).toBeLessThanOrEqual(8);
+    await expect(
+      withApp((t) => backup(t), { ...ntlmEnv, MAILVAULT_EWS_PASSWORD: "not-the-password", EWS_ACCESS_TOKEN: "" }),
+    ).rejects.toThrow(/HTTP 401: check the EWS credentials/);
+  });
+
   it("unknown mailbox, malformed address, missing EWS setup: clear errors", async () => {
     await withApp(async (t) => {
       const post = (m: string, body?: unknown) => fetch(`${t.app.host.baseUrl}/api/mailboxes/${encodeURIComponent(m)}/backups`, { method: "POST", headers: { "x-functions-key": KEY, "content-type": "application/json" }, body: body === undefined ? undefined : JSON.stringify(body) });

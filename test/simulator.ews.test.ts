@@ -183,7 +183,7 @@ describe("EWS endpoint, auth and headers", () => {
     for (const auth of ["none", "Bearer nope", `Basic ${Buffer.from(`${sim.ewsUsername}:wrong`).toString("base64")}`, "Basic !!!"]) {
       const r = await send(op, { auth });
       expect(r.status).toBe(401);
-      expect(r.headers.get("www-authenticate")).toBe('Basic realm="sim", Bearer');
+      expect(r.headers.get("www-authenticate")).toBe('NTLM, Basic realm="sim", Bearer');
       expect(await r.text()).toBe("");
     }
     expect(sim.ewsUsername).toBe("svc-backup");

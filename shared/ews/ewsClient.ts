@@ -4,6 +4,7 @@ import { InvalidInputError, MailvaultError } from "../errors";
 import { fetchWithHeadersTimeout, networkReason, parseRetryAfter, readAll, sleep } from "../graph/graphClient";
 import { type Logger, silentLogger } from "../log";
 import { Semaphore } from "../util/semaphore";
+import { NtlmTransport } from "./ntlm";
 import { EwsError, type EnvelopeHeader, soapEnvelope, soapFault, TRANSIENT_EWS_CODES } from "./soap";
 import { parseXml, type XmlNode, type XmlSpec } from "./xml";
 
@@ -11,7 +12,8 @@ import { parseXml, type XmlNode, type XmlSpec } from "./xml";
  * The HTTP side of Exchange Web Services: one POST of a SOAP envelope to the EWS URL per call.
  *
  * - Authentication: an OAuth bearer token from any TokenCredential (Exchange Online, or Exchange
- *   Server with hybrid modern auth), or Basic for on-premises servers (over https only).
+ *   Server with hybrid modern auth), NTLM (the on-premises default, connection-based: ntlm.ts), or
+ *   Basic (over https only).
  * - Acting for a mailbox: ExchangeImpersonation (a service account with ApplicationImpersonation)
  *   plus `X-AnchorMailbox`, which routes the request to the mailbox's server; or, with
  *   impersonation off, delegate access (the operations name the mailbox themselves).
@@ -24,7 +26,8 @@ import { parseXml, type XmlNode, type XmlSpec } from "./xml";
 
 export type EwsAuth =
   | { kind: "oauth"; credential: TokenCredential; scope: string }
-  | { kind: "basic"; username: string; password: string };
+  | { kind: "basic"; username: string; password: string }
+  | { kind: "ntlm"; username: string; password: string };
 
 export interface EwsClientOptions {
   /** e.g. https://mail.contoso.com/EWS/Exchange.asmx */
@@ -83,6 +86,7 @@ export class EwsClient {
   /** Per mailbox: no call before this time (the server asked us to back off). */
   private readonly backOffUntil = new Map<string, number>();
   private readonly account: Semaphore;
+  private readonly ntlm: NtlmTransport | undefined;
 
   constructor(private readonly options: EwsClientOptions) {
     let u: URL;
@@ -103,6 +107,7 @@ export class EwsClient {
     this.url = u.toString();
     this.log = options.logger ?? silentLogger;
     this.account = new Semaphore(options.maxRequests ?? 20);
+    if (options.auth.kind === "ntlm") this.ntlm = new NtlmTransport(this.url, options.auth);
   }
 
   get impersonation(): boolean {
@@ -208,12 +213,13 @@ export class EwsClient {
     const headers: Record<string, string> = {
       "Content-Type": "text/xml; charset=utf-8",
       Accept: "text/xml",
-      Authorization: authorization,
+      ...(authorization ? { Authorization: authorization } : {}),
       "client-request-id": crypto.randomUUID(),
       "return-client-request-id": "true",
     };
     // Routes the call to the server holding the mailbox (required with impersonation in Exchange Online).
     if (this.impersonation && c.impersonate !== false) headers["X-AnchorMailbox"] = c.mailbox;
+    if (this.ntlm) return this.ntlm.post({ headers, body: c.envelope, signal: c.signal, headersTimeoutMs: this.options.headersTimeoutMs ?? 120_000 });
     return fetchWithHeadersTimeout(
       this.url,
       {
@@ -230,6 +236,7 @@ export class EwsClient {
 
   private async authorization(signal?: AbortSignal): Promise<string> {
     const auth = this.options.auth;
+    if (auth.kind === "ntlm") return ""; // the connection carries it (ntlm.ts)
     if (auth.kind === "basic") return `Basic ${Buffer.from(`${auth.username}:${auth.password}`, "utf8").toString("base64")}`;
     const c = this.cached;
     if (c && c.expiresOnTimestamp - Date.now() > 120_000) return `Bearer ${c.token}`;

@@ -277,7 +277,7 @@ export class EwsSource implements MailboxSource {
       m = responseMessages(env, "ResolveNames")[0];
     } catch (e) {
       // Not allowed, or not understood (an answer of another shape): keep the address as given.
-      if (e instanceof EwsError && (!e.retryable || e.code === "MalformedResponse")) return address;
+      if (e instanceof EwsError && e.status !== 401 && e.status !== 403 && (!e.retryable || e.code === "MalformedResponse")) return address;
       throw e;
     }
     if (!m) return address;

@@ -7,7 +7,9 @@
  * are ignored); responses use the real namespaces and prefixes (s, m, t).
  */
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { randomBytes } from "node:crypto";
+import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
+import type { Socket } from "node:net";
+import { ntlm } from "httpntlm";
 import { XMLParser, XMLValidator } from "fast-xml-parser";
 import type { FaultPlan } from "./faults";
 import { BodyAbort, BodyWriter, sleep } from "./http";
@@ -41,6 +43,10 @@ export interface EwsConfig {
   ewsBackOffMs: number;
   /** Wrap ExportItems `m:Data` base64 at 76 characters with newlines. Default true. */
   ewsWrapBase64: boolean;
+  /** Offer and accept NTLM (connection-based) besides Basic and Bearer. Default true. */
+  ewsNtlm: boolean;
+  /** The NTLM domain the service account belongs to. Default CONTOSO. */
+  ewsNtlmDomain: string;
 }
 
 /** The shared settings the EWS handler uses (a subset of the simulator's config). */
@@ -451,9 +457,17 @@ export class EwsHandler {
   }
 
   /** null: authenticated by Bearer; string: the Basic user name. Throws 401 otherwise. */
+  /** NTLM: the challenge issued on a connection, and the user a connection authenticated as. */
+  private readonly ntlmChallenges = new WeakMap<Socket, Buffer>();
+  private readonly ntlmUsers = new WeakMap<Socket, string>();
+
   private authenticate(req: IncomingMessage): string | null {
-    const fail = new HttpReply(401, { "WWW-Authenticate": 'Basic realm="sim", Bearer' });
+    const fail = new HttpReply(401, { "WWW-Authenticate": `${this.config.ewsNtlm ? "NTLM, " : ""}Basic realm="sim", Bearer` });
     const h = req.headers.authorization ?? "";
+    if (this.config.ewsNtlm) {
+      const ntlmUser = this.ntlmAuthenticate(req, h, fail);
+      if (ntlmUser !== undefined) return ntlmUser;
+    }
     const bearer = /^Bearer\s+(.+)$/i.exec(h);
     if (bearer) {
       if (bearer[1].trim() === this.config.token) return null;
@@ -467,6 +481,44 @@ export class EwsHandler {
     const user = decoded.slice(0, colon);
     const pass = decoded.slice(colon + 1);
     if (user.toLowerCase() !== this.config.ewsUsername.toLowerCase() || pass !== this.config.ewsPassword) throw fail;
+    return user;
+  }
+
+  /**
+   * NTLM (connection-based, as IIS does it): Type 1 gets a 401 with a Type 2 challenge; Type 3 is
+   * checked as NTLMv2 against `ewsUsername`/`ewsPassword` in domain `ewsNtlmDomain`, and then the
+   * connection is authenticated for every later request on it. Undefined: not NTLM.
+   */
+  private ntlmAuthenticate(req: IncomingMessage, header: string, fail: HttpReply): string | undefined {
+    const socket = req.socket;
+    const m = /^NTLM\s+(\S+)$/i.exec(header);
+    if (!m) {
+      const known = this.ntlmUsers.get(socket);
+      return header === "" && known !== undefined ? known : undefined;
+    }
+    const msg = Buffer.from(m[1], "base64");
+    if (msg.length < 12 || msg.toString("latin1", 0, 8) !== "NTLMSSP\0") throw fail;
+    const type = msg.readUInt32LE(8);
+    if (type === 1) {
+      const challenge = randomBytes(8);
+      this.ntlmChallenges.set(socket, challenge);
+      this.ntlmUsers.delete(socket);
+      this.stats.ews.ntlmHandshakes++;
+      throw new HttpReply(401, { "WWW-Authenticate": `NTLM ${ntlmType2(challenge, this.config.ewsNtlmDomain).toString("base64")}` });
+    }
+    const challenge = this.ntlmChallenges.get(socket);
+    this.ntlmChallenges.delete(socket);
+    if (type !== 3 || !challenge || msg.length < 52) throw fail;
+    const field = (at: number) => msg.subarray(msg.readUInt32LE(at + 4), msg.readUInt32LE(at + 4) + msg.readUInt16LE(at));
+    const nt = field(20);
+    const domain = field(28).toString("utf16le");
+    const user = field(36).toString("utf16le");
+    if (nt.length < 48 || user.toLowerCase() !== this.config.ewsUsername.toLowerCase() || domain.toUpperCase() !== this.config.ewsNtlmDomain.toUpperCase()) throw fail;
+    // NTLMv2: NTProofStr = HMAC-MD5(NTOWFv2, serverChallenge || blob), NTOWFv2 = HMAC-MD5(NT hash, UPPER(user) || domain).
+    const ntowf = createHmac("md5", ntlm.create_NT_hashed_password(this.config.ewsPassword)).update(Buffer.from(user.toUpperCase() + domain, "utf16le")).digest();
+    const proof = createHmac("md5", ntowf).update(Buffer.concat([challenge, nt.subarray(16)])).digest();
+    if (!timingSafeEqual(proof, nt.subarray(0, 16))) throw fail;
+    this.ntlmUsers.set(socket, user);
     return user;
   }
 
@@ -1043,3 +1095,33 @@ function wrap76(s: string): string {
   for (let i = 0; i < s.length; i += 76) lines.push(s.slice(i, i + 76));
   return lines.join("\n");
 }
+
+/** An NTLM Type 2 (challenge) message: Unicode, NTLMv2 (extended security, target info), domain target. */
+function ntlmType2(challenge: Buffer, domain: string): Buffer {
+  const name = Buffer.from(domain.toUpperCase(), "utf16le");
+  const info = Buffer.concat([avPair(2, name), avPair(0, Buffer.alloc(0))]);
+  const flags = 0x1 | 0x4 | 0x200 | 0x8000 | 0x10000 | 0x80000 | 0x800000 | 0x2000000 | 0x20000000 | 0x80000000;
+  const head = Buffer.alloc(56);
+  head.write("NTLMSSP\0", 0, "latin1");
+  head.writeUInt32LE(2, 8);
+  head.writeUInt16LE(name.length, 12);
+  head.writeUInt16LE(name.length, 14);
+  head.writeUInt32LE(56, 16);
+  head.writeUInt32LE(flags >>> 0, 20);
+  challenge.copy(head, 24);
+  head.writeUInt16LE(info.length, 40);
+  head.writeUInt16LE(info.length, 42);
+  head.writeUInt32LE(56 + name.length, 44);
+  head.writeUInt8(10, 48); // version 10.0, build 17763, NTLM revision 15
+  head.writeUInt16LE(17763, 50);
+  head.writeUInt8(15, 55);
+  return Buffer.concat([head, name, info]);
+}
+
+function avPair(id: number, value: Buffer): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt16LE(id, 0);
+  b.writeUInt16LE(value.length, 2);
+  return Buffer.concat([b, value]);
+}
+

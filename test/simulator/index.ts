@@ -118,6 +118,10 @@ export interface SimulatorOptions {
   ewsBackOffMs?: number;
   /** Wrap ExportItems base64 Data at 76 characters (default true). */
   ewsWrapBase64?: boolean;
+  /** Offer and accept NTLM sign-in (user `ewsUsername` in domain `ewsNtlmDomain`). Default true. */
+  ewsNtlm?: boolean;
+  /** NTLM domain of the service account (default CONTOSO). */
+  ewsNtlmDomain?: string;
 }
 
 export class ExchangeSimulator {
@@ -189,6 +193,8 @@ export class ExchangeSimulator {
       ewsMaxConcurrentPerMailbox: options.ewsMaxConcurrentPerMailbox ?? 4,
       ewsBackOffMs: options.ewsBackOffMs ?? 1000,
       ewsWrapBase64: options.ewsWrapBase64 ?? true,
+      ewsNtlm: options.ewsNtlm ?? true,
+      ewsNtlmDomain: options.ewsNtlmDomain ?? "CONTOSO",
     };
     let url = "";
     const graph = new GraphHandler(model, faults, stats, config, () => url);

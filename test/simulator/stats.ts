@@ -75,6 +75,8 @@ export class EwsStats {
   peakInFlight: Record<string, number> = {};
   /** Impersonated requests rejected because X-AnchorMailbox was missing or different (HTTP 400). */
   anchorMailboxRejected = 0;
+  /** NTLM challenges issued (one per new connection that signs in with NTLM). */
+  ntlmHandshakes = 0;
   /** SyncFolderItems messages rejected for a missing or out-of-range MaxChangesReturned. */
   invalidMaxChanges = 0;
   /** Error ResponseCodes written (per response message and SOAP faults), by code. */
