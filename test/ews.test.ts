@@ -16,6 +16,7 @@ import { exportBatch } from "../shared/export/exportBatch";
 import type { ExportElement } from "../shared/export/exportResponse";
 import { StaticTokenCredential } from "../shared/graph/graphClient";
 import { LocalItemStore } from "../shared/store/localItemStore";
+import { ExchangeSimulator } from "./simulator";
 import { createServices } from "../shared/services";
 import { sourceFor } from "../shared/source";
 
@@ -470,6 +471,27 @@ describe("EWS settings and inputs are checked before anything is sent", () => {
       expect(server.requests).toHaveLength(0);
     } finally {
       await server.stop();
+    }
+  });
+});
+
+describe("NTLM transport against the simulator", () => {
+  it("re-handshakes when the server has dropped the authenticated connection; a wrong password is refused (401, not retried)", async () => {
+    const sim = await ExchangeSimulator.start({ seed: 5 });
+    try {
+      sim.addMailbox({ upn: "ntlm@contoso.local" });
+      const client = new EwsClient({ url: sim.ewsUrl, auth: { kind: "ntlm", username: `contoso\\${sim.ewsUsername}`, password: sim.ewsPassword } });
+      const source = new EwsSource(client, 50);
+      expect((await source.resolveMailbox("ews:ntlm@contoso.local")).mailboxId).toBe("EWS:ntlm@contoso.local");
+      const first = sim.stats.ews.ntlmHandshakes;
+      expect(first).toBe(1); // ResolveNames and GetFolder shared one connection
+      sim.dropConnections();
+      expect((await source.resolveMailbox("ews:ntlm@contoso.local")).mailboxId).toBe("EWS:ntlm@contoso.local");
+      expect(sim.stats.ews.ntlmHandshakes).toBe(2);
+      const wrong = new EwsSource(new EwsClient({ url: sim.ewsUrl, auth: { kind: "ntlm", username: `contoso\\${sim.ewsUsername}`, password: "nope" } }), 50);
+      await expect(wrong.resolveMailbox("ews:ntlm@contoso.local")).rejects.toMatchObject({ status: 401, code: "Unauthorized" });
+    } finally {
+      await sim.close();
     }
   });
 });

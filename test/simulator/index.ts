@@ -584,6 +584,11 @@ export class ExchangeSimulator {
     this.stats.reset();
   }
 
+  /** Drops every open connection (clients see their kept-alive sockets closed), and keeps serving. */
+  dropConnections(): void {
+    this.server.closeAllConnections();
+  }
+
   /** Stops listening and drops every open connection. */
   async close(): Promise<void> {
     await new Promise<void>((resolve) => {
