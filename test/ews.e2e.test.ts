@@ -275,6 +275,12 @@ describe("EWS from the CLI and the HTTP trigger's input checks", () => {
     const entry = JSON.parse((await store.readText(`${run.manifest.split("/runs/")[0]}/mailbox.json`)) as string) as { addresses: string[] };
     expect(entry.addresses).toContain("ews:Legacy.Name@contoso.local");
     expect(sim.stats.ews.requests.ResolveNames).toBeGreaterThanOrEqual(1);
+    // ResolveNames matches prefixes: a mistyped address that only starts another mailbox's address
+    // is not taken for it (the resolved mailbox must be the one the typed address opens).
+    await withApp(async (t) => {
+      const res = await fetch(`${t.app.host.baseUrl}/api/mailboxes/${encodeURIComponent("ews:onprem@contoso.loc")}/backups`, { method: "POST", headers: { "x-functions-key": KEY } });
+      expect(res.status).toBe(404);
+    });
   });
 
   it("restore through the HTTP trigger into an EWS mailbox (upsert), then runs and verify from the CLI", async () => {

@@ -475,7 +475,33 @@ describe("EWS settings and inputs are checked before anything is sent", () => {
   });
 });
 
+describe("ExportItems reader: every split of the response into two pieces", () => {
+  it("reads the same items wherever the body is cut (raw Data text never swallows a close tag)", async () => {
+    const data = seedData(SUCCESS).map(sha);
+    const buf = Buffer.from(SUCCESS);
+    for (let cut = 1; cut < buf.length; cut++) {
+      const out = await collect(readEwsExportResponse(Readable.from([buf.subarray(0, cut), buf.subarray(cut)]), SUCCESS_IDS));
+      expect(out.map((o) => o.sha256), `cut at ${cut}`).toEqual(data);
+    }
+  });
+});
+
 describe("NTLM transport against the simulator", () => {
+  it("a server that does not offer NTLM is a clear error at once, not a network retry loop", async () => {
+    const server = new Scripted((_n, _req, res) => {
+      res.writeHead(401, { "WWW-Authenticate": "Negotiate" });
+      res.end();
+    });
+    await server.start();
+    try {
+      const client = new EwsClient({ url: server.url, auth: { kind: "ntlm", username: "contoso\\svc", password: "pw" }, baseRetryDelayMs: 1 });
+      await expect(new EwsSource(client, 50).resolveMailbox("ews:a@contoso.local")).rejects.toMatchObject({ code: "NtlmNotOffered" });
+      expect(server.requests).toHaveLength(1);
+    } finally {
+      await server.stop();
+    }
+  });
+
   it("re-handshakes when the server has dropped the authenticated connection; a wrong password is refused (401, not retried)", async () => {
     const sim = await ExchangeSimulator.start({ seed: 5 });
     try {

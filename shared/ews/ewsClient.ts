@@ -64,6 +64,8 @@ export interface EwsCall {
   body: XmlSpec;
   /** false: a directory question (ResolveNames), asked as the service account itself. */
   impersonate?: boolean;
+  /** Name the impersonated mailbox by any of its addresses (SmtpAddress) rather than its primary one. */
+  impersonateBy?: "PrimarySmtpAddress" | "SmtpAddress";
   signal?: AbortSignal;
 }
 
@@ -114,13 +116,13 @@ export class EwsClient {
     return this.options.impersonation ?? true;
   }
 
-  header(mailbox: string, impersonate = true): EnvelopeHeader {
-    return { serverVersion: this.options.serverVersion ?? "Exchange2010_SP1", ...(this.impersonation && impersonate ? { impersonate: mailbox } : {}) };
+  header(mailbox: string, impersonate = true, impersonateBy?: "PrimarySmtpAddress" | "SmtpAddress"): EnvelopeHeader {
+    return { serverVersion: this.options.serverVersion ?? "Exchange2010_SP1", ...(this.impersonation && impersonate ? { impersonate: mailbox, ...(impersonateBy ? { impersonateBy } : {}) } : {}) };
   }
 
   /** One call with a small response, parsed. Faults become EwsError; response messages are the caller's to read. */
   async call(c: EwsCall): Promise<XmlNode> {
-    const envelope = soapEnvelope(this.header(c.mailbox, c.impersonate !== false), c.body);
+    const envelope = soapEnvelope(this.header(c.mailbox, c.impersonate !== false, c.impersonateBy), c.body);
     return this.stream({ ...c, envelope: async function* () { yield Buffer.from(envelope); } }, async (body) => {
       let text: string;
       try {
@@ -152,6 +154,7 @@ export class EwsClient {
       } catch (e) {
         release();
         if (c.signal?.aborted) throw e;
+        if (e instanceof EwsError && !e.retryable) throw e; // a sign-in set-up problem (NTLM not offered...), not the network
         if (attempt >= maxRetries) throw new EwsError(0, "NetworkError", `${c.operation} failed after ${attempt + 1} attempts: ${networkReason(e)}`, { retryable: true, cause: e });
         await this.backoff(c, "NetworkError", attempt, undefined);
         continue;

@@ -280,22 +280,37 @@ export class EwsSource implements MailboxSource {
       if (e instanceof EwsError && e.status !== 401 && e.status !== 403 && (!e.retryable || e.code === "MalformedResponse")) return address;
       throw e;
     }
-    if (!m) return address;
-    if (m.code === "ErrorNameResolutionNoResults") throw new GraphError(404, "MailboxNotFound", `Exchange (EWS) knows no mailbox with the address ${address}`);
-    if (!m.ok && m.code !== "ErrorNameResolutionMultipleResults") return address;
+    // No results (hidden from address lists, outside the account's address book policy) or any other
+    // refusal: keep the address as typed and let GetFolder decide whether the mailbox exists.
+    if (!m || (!m.ok && m.code !== "ErrorNameResolutionMultipleResults")) return address;
     const mailboxes = childrenNamed(child(m.node, "ResolutionSet"), "Resolution")
       .map((r) => child(r, "Mailbox"))
       .filter((x) => x && (textOf(x, "MailboxType") ?? "Mailbox") === "Mailbox" && (textOf(x, "RoutingType") ?? "SMTP").toUpperCase() === "SMTP")
       .map((x) => (textOf(x, "EmailAddress") ?? "").toLowerCase())
       .filter((a) => ADDRESS.test(a));
     const unique = [...new Set(mailboxes)];
-    return unique.length === 1 ? unique[0] : address;
+    if (unique.length !== 1 || unique[0] === address) return address;
+    // ResolveNames matches prefixes ("bob@contoso.co" finds "bob@contoso.com"): a different primary
+    // address counts only if it opens the very same mailbox as the address typed.
+    const [typed, primary] = await Promise.all([this.rootFolderId(address, "SmtpAddress", signal), this.rootFolderId(unique[0], "PrimarySmtpAddress", signal)]);
+    return typed !== undefined && typed === primary ? unique[0] : address;
   }
 
-  private async getFolders(address: string, ids: XmlSpec[], shape: "IdOnly" | "AllProperties", signal?: AbortSignal): Promise<ResponseMessage[]> {
+  /** The msgfolderroot id of a mailbox, or undefined when it cannot be opened. */
+  private async rootFolderId(address: string, by: "PrimarySmtpAddress" | "SmtpAddress", signal?: AbortSignal): Promise<string | undefined> {
+    try {
+      const m = (await this.getFolders(address, [this.distinguished("msgfolderroot", address)], "IdOnly", signal, by))[0];
+      return m?.ok ? child(child(m.node, "Folders")?.children[0], "FolderId")?.attrs.Id : undefined;
+    } catch (e) {
+      if (e instanceof EwsError && !e.retryable && e.status !== 401 && e.status !== 403) return undefined;
+      throw e;
+    }
+  }
+
+  private async getFolders(address: string, ids: XmlSpec[], shape: "IdOnly" | "AllProperties", signal?: AbortSignal, impersonateBy?: "PrimarySmtpAddress" | "SmtpAddress"): Promise<ResponseMessage[]> {
     const folderIds: XmlSpec = {};
     for (const ref of ids) for (const [k, v] of Object.entries(ref)) folderIds[k] = [...((folderIds[k] as XmlSpec[] | undefined) ?? []), v as XmlSpec];
-    const env = await this.client.call({ mailbox: address, operation: "GetFolder", body: { "m:GetFolder": { "m:FolderShape": { "t:BaseShape": shape }, "m:FolderIds": folderIds } }, signal });
+    const env = await this.client.call({ mailbox: address, operation: "GetFolder", impersonateBy, body: { "m:GetFolder": { "m:FolderShape": { "t:BaseShape": shape }, "m:FolderIds": folderIds } }, signal });
     return responseMessages(env, "GetFolder");
   }
 

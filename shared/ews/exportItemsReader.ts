@@ -92,8 +92,11 @@ class EventReader {
           this.parser.close();
         } else {
           const text = typeof r.value === "string" ? r.value : this.utf8.write(r.value);
-          if (this.rawText) this.writeRaw(text);
-          else this.parser.write(text);
+          // Raw only while sax sits in an element's text: a chunk may have ended inside `</m:Data>`.
+          if (this.rawText && this.inText()) {
+            this.parser.flush();
+            this.writeRaw(text);
+          } else this.parser.write(text);
         }
       } catch (e) {
         // sax throws after calling onerror; the recorded error is the one to report.
@@ -104,6 +107,11 @@ class EventReader {
       if (this.error) throw this.error;
     }
     return this.queue[this.head++];
+  }
+
+  /** sax is inside an element's text (its `state` and `STATE` are public in sax, missing from @types/sax). */
+  private inText(): boolean {
+    return (this.parser as unknown as { state: number }).state === (sax as unknown as { STATE: { TEXT: number } }).STATE.TEXT;
   }
 
   private writeRaw(text: string): void {

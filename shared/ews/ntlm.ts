@@ -1,6 +1,7 @@
 import { type Agent as HttpAgent, Agent as HttpPlainAgent, type IncomingMessage, request as httpRequest } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
 import { Readable } from "node:stream";
+import { pipeline } from "node:stream";
 import { ntlm } from "httpntlm";
 import { EwsError } from "./soap";
 
@@ -87,7 +88,12 @@ export class NtlmTransport {
         if (!ended) conn.authenticated = false;
         release();
       });
-      return toResponse(res);
+      try {
+        return toResponse(res);
+      } catch (e) {
+        res.destroy(); // a status Response refuses: free the connection's only socket
+        throw e;
+      }
     } catch (e) {
       conn.authenticated = false;
       release();
@@ -132,7 +138,7 @@ export class NtlmTransport {
     return new Promise<IncomingMessage>((resolve, reject) => {
       const u = new URL(this.url);
       const r = (this.https ? httpsRequest : httpRequest)(
-        { protocol: u.protocol, hostname: u.hostname, port: u.port, path: `${u.pathname}${u.search}`, method: "POST", headers: h, agent: conn.agent, signal: req.signal },
+        { protocol: u.protocol, hostname: u.hostname.replace(/^\[(.*)\]$/, "$1"), port: u.port, path: `${u.pathname}${u.search}`, method: "POST", headers: h, agent: conn.agent, signal: req.signal },
         (res) => {
           clearTimeout(timer);
           resolve(res);
@@ -143,7 +149,8 @@ export class NtlmTransport {
         clearTimeout(timer);
         reject(e);
       });
-      Readable.from(body).on("error", (e) => r.destroy(e)).pipe(r);
+      // pipeline (not pipe): a failed or aborted request also closes the body's source (a stored item being read).
+      pipeline(Readable.from(body), r, () => {});
     });
   }
 }

@@ -36,11 +36,13 @@ export interface EnvelopeHeader {
   serverVersion: string;
   /** Act as this mailbox (ExchangeImpersonation): a service account with the ApplicationImpersonation role. */
   impersonate?: string;
+  /** How the impersonated mailbox is named: by its primary address (default) or by any of its addresses. */
+  impersonateBy?: "PrimarySmtpAddress" | "SmtpAddress";
 }
 
 export function soapEnvelope(header: EnvelopeHeader, operation: XmlSpec): string {
   const head: XmlSpec = { "t:RequestServerVersion": { "@_Version": header.serverVersion } };
-  if (header.impersonate) head["t:ExchangeImpersonation"] = { "t:ConnectingSID": { "t:PrimarySmtpAddress": header.impersonate } };
+  if (header.impersonate) head["t:ExchangeImpersonation"] = { "t:ConnectingSID": { [`t:${header.impersonateBy ?? "PrimarySmtpAddress"}`]: header.impersonate } };
   return (
     `<?xml version="1.0" encoding="utf-8"?>` +
     buildXml({

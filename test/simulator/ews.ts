@@ -564,7 +564,7 @@ export class EwsHandler {
       if (n.name !== "DistinguishedFolderId") continue;
       const addr = child(child(n, "Mailbox"), "EmailAddress")?.text.trim();
       if (addr) {
-        const m = this.mailboxBySmtp(addr);
+        const m = this.mailboxByAnySmtp(addr);
         if (m) return m;
       }
     }
@@ -602,7 +602,7 @@ export class EwsHandler {
       const name = ref.attrs.Id ?? "";
       const addr = child(child(ref, "Mailbox"), "EmailAddress")?.text.trim();
       let mbx: MailboxState | undefined;
-      if (addr) mbx = this.mailboxBySmtp(addr);
+      if (addr) mbx = this.mailboxByAnySmtp(addr);
       else if (r.impersonated !== null) mbx = r.acting ?? undefined;
       else {
         mbx = this.principalMailbox(r);
@@ -657,7 +657,8 @@ export class EwsHandler {
         this.stats.ews.anchorMailboxRejected++;
         throw new SoapFault("ErrorInvalidRequest", `${TEXT.ErrorInvalidRequest} The X-AnchorMailbox header must name the impersonated mailbox (${addr}).`, 400);
       }
-      impersonated = addr;
+      // SmtpAddress may name the mailbox by any of its addresses; PrimarySmtpAddress must be the primary one.
+      impersonated = child(sid, "PrimarySmtpAddress") ? addr : (this.aliases.get(addr.toLowerCase()) ?? addr);
     }
 
     const itemIds: string[] = [];
@@ -1033,22 +1034,40 @@ export class EwsHandler {
   }
 
   /**
-   * ResolveNames for mailbox addresses: `<m:UnresolvedEntry>smtp:addr</m:UnresolvedEntry>` (or a
-   * bare address) matches a primary address or an alias; the resolution names the primary one.
-   * No match: ErrorNameResolutionNoResults.
+   * ResolveNames for mailbox addresses, as Exchange answers it: an `smtp:`-prefixed (or bare)
+   * UnresolvedEntry matches primary addresses and aliases that *start with* it (a prefix match, per
+   * the docs), an exact address first. One match: Success; several: Warning
+   * ErrorNameResolutionMultipleResults with every resolution; none: ErrorNameResolutionNoResults.
+   * Each resolution names the mailbox's primary address.
    */
   private async resolveNames(r: Req): Promise<void> {
-    const entry = (child(r.body, "UnresolvedEntry")?.text ?? "").trim().replace(/^smtp:/i, "");
+    const entry = (child(r.body, "UnresolvedEntry")?.text ?? "").trim().replace(/^smtp:/i, "").toLowerCase();
     if (!entry) throw new SoapFault("ErrorInvalidRequest", `${TEXT.ErrorInvalidRequest} UnresolvedEntry is required.`);
-    const mbx = this.mailboxByAnySmtp(entry);
-    if (!mbx) {
+    const exact = this.mailboxByAnySmtp(entry);
+    const found = new Map<string, MailboxState>();
+    if (exact) found.set(exact.mailboxId, exact);
+    else {
+      for (const mbx of this.model.mailboxes.values()) if (mbx.upn.toLowerCase().startsWith(entry)) found.set(mbx.mailboxId, mbx);
+      for (const [alias, primary] of this.aliases) if (alias.startsWith(entry)) {
+        const mbx = this.mailboxBySmtp(primary);
+        if (mbx) found.set(mbx.mailboxId, mbx);
+      }
+    }
+    if (found.size === 0) {
       await this.respond(r, [this.err(r.op, msgError("ErrorNameResolutionNoResults", "No results were found."))]);
       return;
     }
-    const m =
-      `<m:ResolutionSet TotalItemsInView="1" IncludesLastItemInRange="true"><t:Resolution><t:Mailbox>${el("t:Name", mbx.displayName)}` +
-      `${el("t:EmailAddress", mbx.upn)}<t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox></t:Resolution></m:ResolutionSet>`;
-    await this.respond(r, [this.ok(r.op, m)]);
+    const resolutions = [...found.values()]
+      .map((mbx) => `<t:Resolution><t:Mailbox>${el("t:Name", mbx.displayName)}${el("t:EmailAddress", mbx.upn)}<t:RoutingType>SMTP</t:RoutingType><t:MailboxType>Mailbox</t:MailboxType></t:Mailbox></t:Resolution>`)
+      .join("");
+    const set = `<m:ResolutionSet TotalItemsInView="${found.size}" IncludesLastItemInRange="true">${resolutions}</m:ResolutionSet>`;
+    if (found.size === 1) {
+      await this.respond(r, [this.ok(r.op, set)]);
+      return;
+    }
+    await this.respond(r, [
+      `<m:ResolveNamesResponseMessage ResponseClass="Warning"><m:MessageText>Multiple results were found.</m:MessageText><m:ResponseCode>ErrorNameResolutionMultipleResults</m:ResponseCode><m:DescriptiveLinkKey>0</m:DescriptiveLinkKey>${set}</m:ResolveNamesResponseMessage>`,
+    ]);
   }
 
   private createOne(mbx: MailboxState, parent: FolderRec, spec: XNode): FolderRec | MsgError {
