@@ -512,8 +512,11 @@ describe("NTLM transport against the simulator", () => {
       const first = sim.stats.ews.ntlmHandshakes;
       expect(first).toBe(1); // ResolveNames and GetFolder shared one connection
       sim.dropConnections();
+      await new Promise((r) => setTimeout(r, 50)); // the client sees the close, as after an idle timeout
       expect((await source.resolveMailbox("ews:ntlm@contoso.local")).mailboxId).toBe("EWS:ntlm@contoso.local");
       expect(sim.stats.ews.ntlmHandshakes).toBe(2);
+      // The closed socket was noticed before sending: no request went out unauthenticated.
+      expect(sim.stats.ews.unauthorized).toBe(0);
       const wrong = new EwsSource(new EwsClient({ url: sim.ewsUrl, auth: { kind: "ntlm", username: `contoso\\${sim.ewsUsername}`, password: "nope" } }), 50);
       await expect(wrong.resolveMailbox("ews:ntlm@contoso.local")).rejects.toMatchObject({ status: 401, code: "Unauthorized" });
     } finally {

@@ -66,6 +66,9 @@ export class NtlmTransport {
       this.idle.push(conn);
     };
     try {
+      // An idle connection whose socket the server has closed (IIS drops idle ones after two
+      // minutes) would send the whole body unauthenticated just to be refused: handshake first.
+      if (conn.authenticated && !hasLiveSocket(conn.agent)) conn.authenticated = false;
       const reused = conn.authenticated;
       if (!reused) await this.handshake(conn, req);
       let res = await this.send(conn, req.headers, req.body(), req);
@@ -156,6 +159,11 @@ export class NtlmTransport {
 }
 
 async function* emptyBody(): AsyncGenerator<Uint8Array> {}
+
+/** The agent still holds an open, idle socket (the authenticated one). */
+function hasLiveSocket(agent: HttpAgent): boolean {
+  return Object.values(agent.freeSockets).some((list) => (list ?? []).some((socket) => !socket.destroyed));
+}
 
 async function drain(res: IncomingMessage): Promise<void> {
   for await (const _ of res) void _;

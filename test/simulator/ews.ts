@@ -464,6 +464,15 @@ export class EwsHandler {
   private authenticate(req: IncomingMessage): string | null {
     const fail = new HttpReply(401, { "WWW-Authenticate": `${this.config.ewsNtlm ? "NTLM, " : ""}Basic realm="sim", Bearer` });
     const h = req.headers.authorization ?? "";
+    try {
+      return this.checkCredentials(req, h, fail);
+    } catch (e) {
+      if (e === fail) this.stats.ews.unauthorized++;
+      throw e;
+    }
+  }
+
+  private checkCredentials(req: IncomingMessage, h: string, fail: HttpReply): string | null {
     if (this.config.ewsNtlm) {
       const ntlmUser = this.ntlmAuthenticate(req, h, fail);
       if (ntlmUser !== undefined) return ntlmUser;

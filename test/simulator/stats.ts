@@ -77,6 +77,8 @@ export class EwsStats {
   anchorMailboxRejected = 0;
   /** NTLM challenges issued (one per new connection that signs in with NTLM). */
   ntlmHandshakes = 0;
+  /** Requests refused with 401 for missing or wrong credentials (NTLM challenges not counted). */
+  unauthorized = 0;
   /** SyncFolderItems messages rejected for a missing or out-of-range MaxChangesReturned. */
   invalidMaxChanges = 0;
   /** Error ResponseCodes written (per response message and SOAP faults), by code. */
