@@ -136,7 +136,7 @@ function ewsSource(env: Env, overrides: ServiceOverrides, maxRequestsPerMailbox:
     baseRetryDelayMs: overrides.timing?.graphBaseRetryDelayMs,
     maxRetryDelayMs: overrides.timing?.ewsMaxRetryDelayMs,
   });
-  return new EwsSource(client, intSetting(env, "MAILVAULT_EWS_BATCH_ITEMS", 1, 100), { uploadRetryDelayMs: overrides.timing?.importRetryDelayMs });
+  return new EwsSource(client, intSetting(env, "MAILVAULT_EWS_BATCH_ITEMS", 1, 100), { retryDelayMs: overrides.timing?.importRetryDelayMs });
 }
 
 let installed: Services | undefined;

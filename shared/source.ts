@@ -65,8 +65,11 @@ export interface Sources {
 }
 
 export function sourceFor(sources: Sources, mailboxId: string): MailboxSource {
-  if (sourceKindOf(mailboxId) === "graph") return sources.graph;
-  if (!sources.ews) throw new InvalidInputError(`${mailboxId.slice(0, 80)} is an Exchange Server (EWS) mailbox, but MAILVAULT_EWS_URL is not set`, "EwsNotConfigured");
+  return sourceKindOf(mailboxId) === "graph" ? sources.graph : ewsSource(sources, mailboxId);
+}
+
+function ewsSource(sources: Sources, mailbox: string): MailboxSource {
+  if (!sources.ews) throw new InvalidInputError(`${mailbox.slice(0, 80)} is an Exchange Server (EWS) mailbox, but MAILVAULT_EWS_URL is not set`, "EwsNotConfigured");
   return sources.ews;
 }
 
@@ -76,7 +79,7 @@ export function sourceFor(sources: Sources, mailboxId: string): MailboxSource {
  */
 export function resolveMailboxArg(sources: Sources, mailbox: string, options: { source?: SourceKind; signal?: AbortSignal } = {}): Promise<ResolvedMailbox> {
   const kind = options.source ?? sourceKindOf(mailbox);
-  if (kind === "ews") return sourceFor(sources, "EWS:").resolveMailbox(mailbox, options.signal);
+  if (kind === "ews") return ewsSource(sources, mailbox).resolveMailbox(mailbox, options.signal);
   if (sourceKindOf(mailbox) === "ews") throw new InvalidInputError(`${mailbox.slice(0, 80)} names an EWS mailbox but the Graph source was asked for`);
   return sources.graph.resolveMailbox(mailbox, options.signal);
 }

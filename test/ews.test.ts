@@ -391,7 +391,7 @@ describe("EwsClient and EwsSource against scripted servers", () => {
     });
     await server.start();
     try {
-      const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" } }), 50, { uploadRetryDelayMs: 5 });
+      const source = new EwsSource(new EwsClient({ url: server.url, auth: { kind: "basic", username: "svc", password: "pw" } }), 50, { retryDelayMs: 5 });
       const page = await source.itemsDeltaPage("EWS:alice@contoso.com", "F1", "S1");
       expect(page).toEqual({ items: [{ id: "I1", changeKey: "C1", size: 42, type: "IPM.Note", createdDateTime: undefined }, { id: "I2", changeKey: "C2", size: undefined, type: undefined, createdDateTime: undefined }], removed: ["I3"], deltaLink: "S2" });
       expect(server.requests).toHaveLength(2);

@@ -1,7 +1,7 @@
 import { GraphError, InvalidInputError } from "../errors";
 import type { ExportElement } from "../export/exportResponse";
 import { readAll, sleep } from "../graph/graphClient";
-import type { DeltaPage, MailboxFolder, MailboxItemInfo, ResolvedMailbox } from "../graph/mailboxApi";
+import { type DeltaPage, type MailboxFolder, type MailboxItemInfo, type ResolvedMailbox, validateExportIds } from "../graph/mailboxApi";
 import type { ImportedItem, ImportRequest, MailboxSource } from "../source";
 import { base64Of } from "../util/base64";
 import type { EwsClient } from "./ewsClient";
@@ -44,7 +44,8 @@ export class EwsSource implements MailboxSource {
   constructor(
     readonly client: EwsClient,
     readonly maxExportIds: number = 50,
-    private readonly options: { uploadRetryDelayMs?: number } = {},
+    /** retryDelayMs: first pause before a transient per-message answer (ErrorServerBusy without a back-off, ...) is asked again. */
+    private readonly options: { retryDelayMs?: number } = {},
   ) {
     if (!Number.isInteger(maxExportIds) || maxExportIds < 1 || maxExportIds > EWS_MAX_EXPORT_IDS) {
       throw new InvalidInputError(`MAILVAULT_EWS_BATCH_ITEMS must be 1 to ${EWS_MAX_EXPORT_IDS}`, "InvalidSetting");
@@ -159,7 +160,7 @@ export class EwsSource implements MailboxSource {
 
   async exportItems(mailboxId: string, itemIds: readonly string[], consume: (elements: AsyncIterable<ExportElement>) => Promise<void>, signal?: AbortSignal): Promise<void> {
     const address = ewsAddress(mailboxId);
-    const ids = validateEwsIds(itemIds, this.maxExportIds);
+    const ids = validateExportIds(itemIds, this.maxExportIds, "ExportItems");
     const envelope = soapEnvelope(this.client.header(address), { "m:ExportItems": { "m:ItemIds": { "t:ItemId": ids.map((id) => ({ "@_Id": id })) } } });
     await this.client.stream(
       { mailbox: address, operation: "ExportItems", envelope: async function* () { yield Buffer.from(envelope); }, signal },
@@ -211,7 +212,7 @@ export class EwsSource implements MailboxSource {
       "t:Data": marker,
     };
     const [before, after] = soapEnvelope(this.client.header(address), { "m:UploadItems": { "m:Items": { "t:Item": item } } }).split(marker);
-    let delay = this.options.uploadRetryDelayMs ?? 1000;
+    let delay = this.options.retryDelayMs ?? 1000;
     for (let attempt = 1; ; attempt++) {
       // Opened before the call: a stored object that cannot be read fails as itself, not as a
       // network error retried eight times. Later sends of the same attempt open it afresh.
@@ -231,7 +232,7 @@ export class EwsSource implements MailboxSource {
         },
         async (body) => parseXml(await readAll(body, 1024 * 1024)),
       );
-      const m = single(env, "UploadItems", false);
+      const m = single(env, "UploadItems");
       if (m.ok) {
         const id = child(m.node, "ItemId");
         if (!id?.attrs.Id) throw new EwsError(200, "MalformedResponse", "UploadItems answered without an ItemId");
@@ -250,9 +251,9 @@ export class EwsSource implements MailboxSource {
    * a few times, the next call of the mailbox waiting out the server's back-off.
    */
   private async callOne(address: string, operation: string, body: XmlSpec, signal?: AbortSignal): Promise<ResponseMessage> {
-    let delay = this.options.uploadRetryDelayMs ?? 1000;
+    let delay = this.options.retryDelayMs ?? 1000;
     for (let attempt = 1; ; attempt++) {
-      const m = single(await this.client.call({ mailbox: address, operation, body, signal }), operation, false);
+      const m = single(await this.client.call({ mailbox: address, operation, body, signal }), operation);
       if (m.ok || !TRANSIENT_EWS_CODES.has(m.code) || attempt >= 5) return m;
       if (m.backOffMs !== undefined) this.client.holdOff(address, m.backOffMs);
       else await sleep(delay, signal);
@@ -362,25 +363,15 @@ export function ewsAddress(mailbox: string): string {
   return address;
 }
 
-export function validateEwsIds(itemIds: unknown, max: number): string[] {
-  if (!Array.isArray(itemIds) || itemIds.length === 0) throw new InvalidInputError("ExportItems takes 1 or more item ids", "InvalidItemIds");
-  if (itemIds.length > max) throw new InvalidInputError(`${itemIds.length} ids: ExportItems is configured for at most ${max} a call`, "TooManyItemIds");
-  itemIds.forEach((id, i) => {
-    if (typeof id !== "string" || id.length === 0 || id.length > 1024 || /[\x00-\x1f]/.test(id)) throw new InvalidInputError(`itemIds[${i}] is not a valid item id`, "InvalidItemIds");
-  });
-  return itemIds as string[];
-}
-
 function raiseIfError(m: ResponseMessage, operation: string): ResponseMessage {
   if (!m.ok) throw messageError(m, operation);
   return m;
 }
 
-/** The only response message of a one-thing call; with `raise`, an error message is thrown. */
-function single(env: XmlNode, operation: string, raise = true): ResponseMessage {
+/** The only response message of a one-thing call. */
+function single(env: XmlNode, operation: string): ResponseMessage {
   const m = responseMessages(env, operation)[0];
   if (!m) throw new EwsError(200, "MalformedResponse", `the ${operation} response has no response message`, { retryable: true });
-  if (raise && !m.ok) throw messageError(m, operation);
   return m;
 }
 

@@ -1,7 +1,6 @@
 import { type Agent as HttpAgent, Agent as HttpPlainAgent, type IncomingMessage, request as httpRequest } from "node:http";
 import { Agent as HttpsAgent, request as httpsRequest } from "node:https";
-import { Readable } from "node:stream";
-import { pipeline } from "node:stream";
+import { pipeline, Readable } from "node:stream";
 import { ntlm } from "httpntlm";
 import { EwsError } from "./soap";
 
@@ -66,8 +65,8 @@ export class NtlmTransport {
       this.idle.push(conn);
     };
     try {
-      // An idle connection whose socket the server has closed (IIS drops idle ones after two
-      // minutes) would send the whole body unauthenticated just to be refused: handshake first.
+      // An idle connection whose socket the server has closed (servers drop idle keep-alive
+      // connections) would send the whole body unauthenticated just to be refused: handshake first.
       if (conn.authenticated && !hasLiveSocket(conn.agent)) conn.authenticated = false;
       const reused = conn.authenticated;
       if (!reused) await this.handshake(conn, req);

@@ -1,6 +1,5 @@
 import { describeError, GraphError, InvalidInputError, MailvaultError, ProtocolError } from "../errors";
 import { MAX_EXPORT_IDS, validateExportIds } from "../graph/mailboxApi";
-import { validateEwsIds } from "../ews/ewsSource";
 import type { MailboxSource } from "../source";
 import { TRANSIENT_EWS_CODES } from "../ews/soap";
 import { sleep } from "../graph/graphClient";
@@ -90,8 +89,7 @@ export function validateBatchInput(input: unknown, maxIds = MAX_EXPORT_IDS): Exp
   }
   if (!Array.isArray(o.items)) throw new InvalidInputError("export batch needs an items array");
   const ids = o.items.map((i) => (i as Partial<ExportItemRef> | null)?.itemId);
-  if (maxIds === MAX_EXPORT_IDS) validateExportIds(ids);
-  else validateEwsIds(ids, maxIds);
+  validateExportIds(ids, maxIds);
   for (const i of o.items) {
     if (typeof i.folderId !== "string") throw new InvalidInputError("every export item needs a folderId");
   }

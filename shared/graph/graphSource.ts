@@ -1,5 +1,5 @@
 import { InvalidInputError } from "../errors";
-import { readExportResponse } from "../export/exportResponse";
+import { type ExportElement, readExportResponse } from "../export/exportResponse";
 import type { Logger } from "../log";
 import { Importer, type ImportPacing } from "../restore/importer";
 import type { ImportedItem, ImportRequest, MailboxSource } from "../source";
@@ -30,7 +30,7 @@ export class GraphSource implements MailboxSource {
     return this.api.itemsDeltaPage(mailboxId, folderId, link, options);
   }
 
-  async exportItems(mailboxId: string, itemIds: readonly string[], consume: (elements: AsyncIterable<import("../export/exportResponse").ExportElement>) => Promise<void>, signal?: AbortSignal): Promise<void> {
+  async exportItems(mailboxId: string, itemIds: readonly string[], consume: (elements: AsyncIterable<ExportElement>) => Promise<void>, signal?: AbortSignal): Promise<void> {
     await this.api.exportItems(mailboxId, itemIds, (body) => consume(readExportResponse(body)), signal);
   }
 

@@ -95,12 +95,15 @@ export function validateMailboxArg(value: unknown): string {
   return value;
 }
 
-/** Validates the ids of one exportItems call: 1 to 20 non-empty strings. */
-export function validateExportIds(itemIds: unknown): string[] {
+/**
+ * Validates the ids of one export call: 1 to `max` non-empty strings (Graph's exportItems takes 20;
+ * EWS ExportItems the configured batch, `call` names it in messages).
+ */
+export function validateExportIds(itemIds: unknown, max = MAX_EXPORT_IDS, call = "exportItems"): string[] {
   if (!Array.isArray(itemIds)) throw new InvalidInputError("itemIds must be an array of item id strings", "InvalidItemIds");
-  if (itemIds.length === 0) throw new InvalidInputError("itemIds is empty: exportItems takes 1 to 20 ids", "InvalidItemIds");
-  if (itemIds.length > MAX_EXPORT_IDS) {
-    throw new InvalidInputError(`itemIds has ${itemIds.length} ids: exportItems takes at most ${MAX_EXPORT_IDS}`, "TooManyItemIds");
+  if (itemIds.length === 0) throw new InvalidInputError(`itemIds is empty: ${call} takes 1 to ${max} ids`, "InvalidItemIds");
+  if (itemIds.length > max) {
+    throw new InvalidInputError(`itemIds has ${itemIds.length} ids: ${call} takes at most ${max}`, "TooManyItemIds");
   }
   itemIds.forEach((id, i) => {
     if (typeof id !== "string" || id.length === 0 || id.length > 1024 || /[\x00-\x1f]/.test(id)) {
